@@ -6,6 +6,8 @@ Vars are layered: a host's `vars` override its group's (`groups.<role>.vars`), w
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import re
@@ -298,7 +300,9 @@ class _Reader:
 
     def ip(self, value: Any, where: str) -> IPv4Address:
         try:
-            return IPv4Address(str(value)) if isinstance(value, str) else IPv4Address(value)
+            if not isinstance(value, str):
+                raise ValueError(value)
+            return IPv4Address(value)
         except (ipaddress.AddressValueError, ValueError):
             raise self.fail(where, f"expected an IPv4 address such as 10.0.0.11, got {value!r}") from None
 
@@ -428,11 +432,25 @@ def _admin_user(r: _Reader, data: Any, where: str) -> AdminUser:
     return AdminUser(
         name=name,
         groups=tuple(r.string(g, f"{where}.groups[{i}]", _LABEL, "a group name") for i, g in enumerate(groups)),
-        ssh_keys=tuple(r.string(k, f"{where}.ssh_keys[{i}]", _KEY,
-                                "an OpenSSH public key line ('ssh-ed25519 AAAA... comment')")
-                       for i, k in enumerate(keys)),
+        ssh_keys=tuple(_public_key(r, k, f"{where}.ssh_keys[{i}]") for i, k in enumerate(keys)),
         ssh_key_files=tuple(r.local_path(f, f"{where}.ssh_key_files[{i}]") for i, f in enumerate(files)),
     )
+
+
+def _public_key(r: _Reader, value: Any, where: str) -> str:
+    """An OpenSSH public key line whose base64 blob really encodes a key of the named type."""
+    what = "an OpenSSH public key line ('ssh-ed25519 AAAA... comment')"
+    key = r.string(value, where, _KEY, what)
+    kind, blob = key.split(" ")[:2]
+    try:
+        raw = base64.b64decode(blob, validate=True)
+        length = int.from_bytes(raw[:4], "big")
+        ok = raw[4:4 + length].decode("ascii") == kind
+    except (binascii.Error, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        raise r.fail(where, f"{key[:40]!r}... is not {what}")
+    return key
 
 
 def _vars(r: _Reader, data: Any, where: str) -> dict[str, Any]:

@@ -1,0 +1,15 @@
+"""The Invoke namespace: one collection per area, assembled here and exposed by tasks.py."""
+
+from __future__ import annotations
+
+from invoke import Collection
+
+
+def namespace() -> Collection:
+    """Build the root collection. Task modules import heavy libraries inside task bodies only."""
+    from picluster.tasks import inventory
+
+    ns = Collection()
+    ns.add_collection(Collection.from_module(inventory, name="inventory"))
+    ns.configure({"run": {"echo": False}})
+    return ns
