@@ -1,0 +1,131 @@
+"""Run steps on one host through an Invoke `Context` (a Fabric `Connection`, or a local `Context`)."""
+
+from __future__ import annotations
+
+import io
+import re
+import secrets
+import shlex
+import time
+from collections.abc import Iterable, Mapping
+
+from invoke.context import Context
+
+from picluster.remote.results import CommandError, StepResult, StepStatus
+from picluster.remote.step import AnyStep, Change, Command, HostRun, Ok, ProbeOutput, StepError
+
+STDERR_LINES = 10
+
+
+class CommandFailed(Exception):
+    """A command exited non-zero."""
+
+    def __init__(self, error: CommandError) -> None:
+        super().__init__(f"`{error.command}` exited {error.exit_code}: {error.stderr_tail}")
+        self.error = error
+
+
+def wrap(script: str, *, sudo: bool) -> str:
+    """Return the command line that runs `script` with POSIX sh, as root through `sudo -n` if asked."""
+    line = "sh -c " + shlex.quote(script)
+    return "sudo -n " + line if sudo else line
+
+
+def probe_script(commands: Iterable[str], nonce: str) -> str:
+    """Return one script that runs every probe and prints its stdout followed by a `nonce rc` line."""
+    parts = ["export LC_ALL=C"]
+    for command in commands:
+        parts.append(f"( {command}\n) </dev/null 2>/dev/null; printf '\\n%s %s\\n' {nonce} \"$?\"")
+    return "\n".join(parts) + "\n"
+
+
+def split_probes(stdout: str, names: list[str], nonce: str) -> dict[str, ProbeOutput] | None:
+    """Split `probe_script` output back into one `ProbeOutput` per name; None if it is malformed."""
+    pieces = re.split(rf"\n{nonce} (\d+)\n", stdout)
+    if len(pieces) != 2 * len(names) + 1 or pieces[-1]:
+        return None
+    return {
+        name: ProbeOutput(pieces[2 * i], int(pieces[2 * i + 1])) for i, name in enumerate(names)
+    }
+
+
+class Executor:
+    """Reads facts and applies commands on one host; the only place a step's commands run."""
+
+    def __init__(self, c: Context, *, sudo: bool) -> None:
+        self.c = c
+        self.sudo = sudo
+
+    def run(self, command: Command) -> tuple[str, str]:
+        """Run one command; return (stdout, stderr) or raise `CommandFailed`."""
+        result = self.c.run(
+            wrap(command.script, sudo=self.sudo),
+            hide=True,
+            warn=True,
+            pty=False,
+            in_stream=io.BytesIO(command.stdin or b""),
+        )
+        assert result is not None  # NOTE: only disown=True returns None
+        if result.exited != 0:
+            tail = "\n".join(result.stderr.rstrip().splitlines()[-STDERR_LINES:])
+            raise CommandFailed(CommandError(command.script, result.exited, tail))
+        return result.stdout, result.stderr
+
+    def read(self, probes: Mapping[str, str]) -> dict[str, ProbeOutput]:
+        """Run every probe in one round trip and return their outputs by name."""
+        if not probes:
+            return {}
+        nonce = "@picluster-" + secrets.token_hex(8)
+        script = probe_script(probes.values(), nonce)
+        stdout, _ = self.run(Command(script))
+        outputs = split_probes(stdout, list(probes), nonce)
+        if outputs is None:
+            raise CommandFailed(CommandError(script, 0, "unexpected probe output: " + stdout[-500:]))
+        return outputs
+
+
+def run_step(ex: Executor, step: AnyStep, run: HostRun, *, dry_run: bool) -> StepResult:
+    """Read the step's facts, decide, and apply unless `dry_run`; never raises."""
+    start = time.monotonic()
+    change: Change | None = None
+    status: StepStatus
+    try:
+        facts = step.parse(ex.read(step.probes()), frozenset(run.marks))
+        decision = step.decide(facts)
+        if isinstance(decision, Ok):
+            return StepResult(step.name, "ok", time.monotonic() - start, reason=decision.reason)
+        change = decision
+        if not dry_run:
+            for command in change.commands:
+                ex.run(command)
+        run.record(change)
+        status = "changed"
+        error, message = None, ""
+    except CommandFailed as e:
+        status, error, message = "failed", e.error, ""
+    except StepError as e:
+        status, error, message = "failed", None, str(e)
+    except Exception as e:  # NOTE: one broken step must not stop the other hosts
+        status, error, message = "failed", None, f"{type(e).__name__}: {e}"
+    return StepResult(
+        step.name,
+        status,
+        time.monotonic() - start,
+        diff=change.diff if change else "",
+        commands=[cmd.script for cmd in change.commands] if change else [],
+        error=error,
+        message=message,
+    )
+
+
+def run_steps(c: Context, steps: Iterable[AnyStep], *, sudo: bool, dry_run: bool, run: HostRun) -> list[
+    StepResult
+]:
+    """Run `steps` in order on one host; stop after the first failed step."""
+    ex = Executor(c, sudo=sudo)
+    results: list[StepResult] = []
+    for step in steps:
+        results.append(run_step(ex, step, run, dry_run=dry_run))
+        if results[-1].status == "failed":
+            break
+    return results

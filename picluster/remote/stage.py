@@ -1,0 +1,87 @@
+"""Run one stage on many hosts in parallel, collect a result per host, and fail once at the end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from fabric import Config
+
+from picluster.remote.connect import DEFAULT_TIMEOUT, Unreachable, connect
+from picluster.remote.execute import run_steps
+from picluster.remote.results import HostResult, StageFailed, StageResult
+from picluster.remote.step import NEEDS_REBOOT, AnyStep, HostRun
+from picluster.remote.target import HostLike
+
+H = TypeVar("H", bound=HostLike)
+
+
+def run_host(
+    host: H,
+    plan: Callable[[H], Sequence[AnyStep]],
+    *,
+    dry_run: bool = False,
+    first_contact: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+    config: Config | None = None,
+) -> HostResult:
+    """Connect to one host and run its planned steps; never raises."""
+    start = time.monotonic()
+
+    def done(status: str, **kw: object) -> HostResult:
+        return HostResult(host.name, status, time.monotonic() - start, **kw)  # type: ignore[arg-type]
+
+    try:
+        steps = list(plan(host))
+    except Exception as e:  # NOTE: reported as this host's failure
+        return done("failed", message=f"planning the steps failed: {type(e).__name__}: {e}")
+    try:
+        conn = connect(host.ssh, name=host.name, first_contact=first_contact, timeout=timeout, config=config)
+    except Unreachable as e:
+        return done("unreachable", message=str(e))
+    run = HostRun()
+    try:
+        results = run_steps(conn, steps, sudo=conn.user != "root", dry_run=dry_run, run=run)
+    finally:
+        conn.close()
+    statuses = {r.status for r in results}
+    status = "failed" if "failed" in statuses else "changed" if "changed" in statuses else "ok"
+    return done(status, steps=results, needs_reboot=NEEDS_REBOOT in run.marks)
+
+
+def run_stage(
+    name: str,
+    hosts: Sequence[H],
+    plan: Callable[[H], Sequence[AnyStep]],
+    *,
+    dry_run: bool = False,
+    parallel: int = 10,
+    first_contact: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+    config: Config | None = None,
+    on_host_done: Callable[[HostResult], None] | None = None,
+    check: bool = True,
+) -> StageResult:
+    """Run stage `name` on `hosts` (at most `parallel` at once); `plan(host)` gives each host's steps.
+
+    Every host runs to its end whatever the others do. With `check` (the default), raise one
+    `StageFailed` at the end if any host failed or was unreachable; it carries the full result.
+    """
+    start = time.monotonic()
+
+    def one(host: H) -> HostResult:
+        result = run_host(
+            host, plan, dry_run=dry_run, first_contact=first_contact, timeout=timeout, config=config
+        )
+        if on_host_done is not None:
+            on_host_done(result)
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(hosts)))) as pool:
+        results = list(pool.map(one, hosts))
+    stage = StageResult(name, dry_run, time.monotonic() - start, results)
+    if check and stage.failures:
+        raise StageFailed(stage)
+    return stage
