@@ -7,9 +7,10 @@ from invoke import Collection
 
 def namespace() -> Collection:
     """Build the root collection. Task modules import heavy libraries inside task bodies only."""
-    from picluster.tasks import inventory
+    from picluster.tasks import cluster, inventory
 
     ns = Collection()
     ns.add_collection(Collection.from_module(inventory, name="inventory"))
+    ns.add_collection(Collection.from_module(cluster, name="cluster"))
     ns.configure({"run": {"echo": False}})
     return ns

@@ -23,6 +23,28 @@ def load(inventory: str | None) -> Inventory:
         raise Exit(f"error: {err}", code=USAGE_ERROR) from None
 
 
+def require_reachable(inv: Inventory) -> None:
+    """Refuse to connect to a lab inventory whose lab is not up.
+
+    Without the lab's bridge, the lab's private addresses would be routed to whatever network this
+    machine is on; no packet may leave for them.
+    """
+    if inv.lab is None:
+        return
+    import subprocess
+
+    bridge = inv.lab.bridge
+    addr = f"{inv.cluster.controller}/{inv.cluster.lan.cidr.prefixlen}"
+    try:
+        shown = subprocess.run(["ip", "-o", "-4", "addr", "show", "dev", bridge],
+                               capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        shown = ""
+    if f" {addr} " not in shown:
+        raise Exit(f"error: the lab of {inv.path} is not running (no bridge {bridge} with {addr}); "
+                   f"run `invoke lab.up --inventory {inv.path}` first", code=USAGE_ERROR)
+
+
 def split_names(value: str | None) -> list[str] | None:
     """'a,b, c' -> ['a', 'b', 'c']; None stays None."""
     if value is None:

@@ -1,0 +1,1 @@
+"""Orchestration across stages and hosts: up, and later shutdown, reboot and status."""

@@ -1,0 +1,111 @@
+"""How `cluster.up` shows itself: a progress bar per stage, then a stage × host summary table."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from picluster.ops.up import UpRun
+from picluster.remote import HostResult
+from picluster.stages import Stage
+
+STATUS_STYLE = {"ok": "green", "changed": "yellow", "failed": "red", "unreachable": "red", "skipped": "dim"}
+
+
+class HostProgress:
+    """A rich progress bar that advances as hosts finish the current stage."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console, transient=False)
+        self.task: TaskID | None = None
+
+    def __enter__(self) -> HostProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.progress.__exit__(kind, value, tb)
+
+    def start_stage(self, stage: Stage, hosts: int) -> None:
+        self.task = self.progress.add_task(f"{stage.name:<10} {stage.summary}", total=hosts)
+
+    def host_done(self, result: HostResult) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task)
+
+
+def _cell(result: HostResult | None) -> str:
+    if result is None:
+        return "[dim]skipped[/dim]"
+    style = STATUS_STYLE[result.status]
+    changed = result.counts()["changed"]
+    word = "unreach" if result.status == "unreachable" else result.status
+    extra = f" {changed}" if result.status == "changed" else ""
+    return f"[{style}]{word}{extra}[/{style}]"
+
+
+def print_up(run: UpRun, *, verbose: bool = False, console: Console | None = None) -> None:
+    """Print a host × stage table, why stages were skipped, every failure in full, and (verbose) each step."""
+    console = console or Console()
+    hosts: list[str] = []
+    for o in run.outcomes:
+        hosts += [h for h in o.hosts if h not in hosts]
+    table = Table(title="cluster.up (dry run: nothing was changed)" if run.dry_run else "cluster.up")
+    table.add_column("host", no_wrap=True)
+    for o in run.outcomes:
+        table.add_column(o.stage.name, no_wrap=True)
+    table.add_column("time", justify="right", no_wrap=True)
+    for h in hosts:
+        cells, total = [], 0.0
+        for o in run.outcomes:
+            by_host = {r.host: r for r in o.result.hosts} if o.result else {}
+            cells.append(_cell(by_host.get(h)) if h in o.hosts else "")
+            total += by_host[h].duration if h in by_host else 0.0
+        table.add_row(h, *cells, f"{total:.1f}s")
+    console.print(table)
+    for o in run.outcomes:
+        if o.skipped:
+            console.print(f"[dim]{o.stage.name}: skipped: {o.skipped}[/dim]", highlight=False)
+    for o in run.outcomes:
+        for r in o.result.hosts if o.result else []:
+            _print_host(console, o.stage.name, r, verbose)
+
+
+def _print_host(console: Console, stage: str, r: HostResult, verbose: bool) -> None:
+    if r.status in ("failed", "unreachable"):
+        console.print(f"[red]{stage} on {r.host}: {r.status}[/red]", highlight=False)
+        if r.message:
+            console.print(f"  {r.message}", highlight=False, markup=False)
+        step = r.failed_step
+        if step is not None:
+            console.print(f"  step {step.name!r}: {step.message}", highlight=False, markup=False)
+            if step.error is not None:
+                console.print(f"  command: {step.error.command}\n  exit code: {step.error.exit_code}",
+                              highlight=False, markup=False)
+                for line in step.error.stderr_tail.splitlines():
+                    console.print(f"    {line}", highlight=False, markup=False)
+    if verbose:
+        for s in r.steps:
+            console.print(f"  {stage} {r.host} {s.status:<8} {s.name}: {s.reason or s.diff}",
+                          highlight=False, markup=False)
+
+
+def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
+    """Write `data` as JSON atomically: a reader never sees half a report."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(tmp, target)

@@ -1,0 +1,89 @@
+"""`cluster.up`: preflight, then each selected stage on its hosts, stopping at the first failed stage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from picluster.inventory import Host, Inventory
+from picluster.remote import HostResult, StageResult, run_stage
+from picluster.stages import PREFLIGHT, Stage
+
+
+@dataclass
+class StageOutcome:
+    """What happened to one stage: its result, or why it was skipped."""
+
+    stage: Stage
+    hosts: list[str]
+    result: StageResult | None = None
+    skipped: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.result is not None and bool(self.result.failures)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"stage": self.stage.name, "hosts": self.hosts}
+        if self.result is not None:
+            out.update(self.result.to_dict())
+        else:
+            out["skipped"] = self.skipped
+        return out
+
+
+@dataclass
+class UpRun:
+    """Every stage's outcome, in order."""
+
+    dry_run: bool
+    outcomes: list[StageOutcome] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return any(o.failed for o in self.outcomes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dry_run": self.dry_run, "failed": self.failed, "stages": [o.to_dict() for o in self.outcomes]}
+
+
+def _hosts_for(stage: Stage, hosts: Sequence[Host]) -> list[Host]:
+    return [h for h in hosts if h.role in stage.roles]
+
+
+def up(
+    inv: Inventory,
+    stages: Sequence[Stage],
+    *,
+    limit: Sequence[str] | None = None,
+    dry_run: bool = False,
+    parallel: int = 10,
+    on_stage_start: Callable[[Stage, int], None] | None = None,
+    on_host_done: Callable[[HostResult], None] | None = None,
+) -> UpRun:
+    """Run preflight and then `stages` on the inventory's hosts (narrowed by `limit`).
+
+    A stage that fails stops the run: later stages are reported as skipped with the reason.
+    """
+    hosts = inv.select(limit=limit)
+    run = UpRun(dry_run=dry_run)
+    blocked = ""
+    for stage in (PREFLIGHT, *stages):
+        targets = _hosts_for(stage, hosts)
+        outcome = StageOutcome(stage, [h.name for h in targets])
+        run.outcomes.append(outcome)
+        if blocked:
+            outcome.skipped = blocked
+        elif not targets:
+            outcome.skipped = "no selected host has a role this stage acts on"
+        elif stage.plan is None:
+            outcome.skipped = f"not built yet (issue #{stage.issue})"
+        else:
+            if on_stage_start is not None:
+                on_stage_start(stage, len(targets))
+            outcome.result = run_stage(stage.name, targets, stage.plan(inv), dry_run=dry_run,
+                                       parallel=parallel, on_host_done=on_host_done, check=False)
+            if outcome.failed:
+                blocked = f"stage {stage.name} failed"
+    return run

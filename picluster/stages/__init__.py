@@ -1,0 +1,63 @@
+"""The stages of `cluster.up`, in order: which hosts each one acts on, its steps and its gate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from picluster.inventory import Host, Inventory
+from picluster.remote import AnyStep
+
+Plan = Callable[[Inventory], Callable[[Host], Sequence[AnyStep]]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: the roles it touches, how it plans each host, and the testinfra gate that follows."""
+
+    name: str
+    roles: tuple[str, ...]
+    summary: str
+    plan: Plan | None = None
+    gate: str | None = None
+    issue: int | None = None
+
+    @property
+    def built(self) -> bool:
+        return self.plan is not None
+
+
+def _preflight_plan(inv: Inventory) -> Callable[[Host], Sequence[AnyStep]]:
+    from picluster.stages.preflight import CloudInitFinished
+
+    return lambda host: [CloudInitFinished(expected_hostname=host.name)]
+
+
+PREFLIGHT = Stage("preflight", ("gateway", "server", "agent"),
+                  "every host answers over SSH and cloud-init has finished", plan=_preflight_plan)
+
+# Not built yet: each names the issue that builds it, and `cluster.up` reports it as skipped.
+STAGES: tuple[Stage, ...] = (
+    Stage("os", ("gateway", "server", "agent"), "packages, time, kernel settings, SSH hardening",
+          gate="tests/infra/test_os.py", issue=5),
+    Stage("gateway", ("gateway",), "firewall, DHCP/DNS, NTP server, external-node logging",
+          gate="tests/infra/test_gateway.py", issue=5),
+    Stage("k3s", ("server", "agent"), "K3S server and agents with graceful node shutdown",
+          gate="tests/infra/test_k3s.py", issue=6),
+    Stage("apps", ("server",), "the platform's Helm releases and backups",
+          gate="tests/infra/test_apps.py", issue=7),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def select(only: Sequence[str] | None = None, start: str | None = None) -> list[Stage]:
+    """The stages to run: all, those named in `only`, or from `start` on; unknown names raise ValueError."""
+    for name in [*(only or []), *([start] if start else [])]:
+        if name not in STAGE_NAMES:
+            raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGE_NAMES)}")
+    stages = list(STAGES)
+    if start:
+        stages = stages[STAGE_NAMES.index(start):]
+    if only:
+        stages = [s for s in stages if s.name in only]
+    return stages
