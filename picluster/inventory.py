@@ -259,7 +259,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _value in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise _DuplicateKey(key, key_node.start_mark.line + 1)
             seen.add(key)
@@ -331,7 +331,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     except OSError as err:
         raise InventoryError(f"{path}: cannot read: {err.strerror}") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except _DuplicateKey as err:
         raise InventoryError(f"{path}: line {err.line}: {err.key!r} appears twice in one mapping; "
                              "each name (host, key) may appear once") from None

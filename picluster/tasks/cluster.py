@@ -7,6 +7,7 @@ from invoke.exceptions import Exit
 
 from picluster.tasks._common import INVENTORY_HELP, USAGE_ERROR, load, require_reachable, split_names
 
+
 @task(
     help={
         "inventory": INVENTORY_HELP,

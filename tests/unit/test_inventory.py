@@ -70,7 +70,7 @@ def test_select_by_role_and_limit(tmp_path: Path) -> None:
     inv = load_inventory(write(tmp_path, valid()))
     assert [h.name for h in inv.select(roles=["server", "agent"])] == ["node1", "node2"]
     assert [h.name for h in inv.select(limit=["node2", "gateway"])] == ["gateway", "node2"]
-    with pytest.raises(InventoryError, match="unknown host.*nodeX"):
+    with pytest.raises(InventoryError, match=r"unknown host.*nodeX"):
         inv.select(limit=["nodeX"])
 
 
@@ -160,7 +160,7 @@ def test_key_files_are_read_relative_to_the_inventory(tmp_path: Path) -> None:
     data["cluster"]["admin_users"] = [{"name": "admin", "ssh_key_files": ["keys/admin.pub"]}]
     inv = load_inventory(write(tmp_path, data))
     user = inv.cluster.admin_users[0]
-    with pytest.raises(InventoryError, match="cannot read SSH public key file .*keys/admin.pub"):
+    with pytest.raises(InventoryError, match=r"cannot read SSH public key file .*keys/admin.pub"):
         user.public_keys()
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys/admin.pub").write_text(KEY + "\n")

@@ -48,7 +48,7 @@ def test_preflight_accepts_hosts_without_cloud_init() -> None:
 
 
 def test_preflight_fails_on_a_cloud_init_error_with_what_to_read() -> None:
-    with pytest.raises(StepError, match="status 'error'.*/var/log/cloud-init.log"):
+    with pytest.raises(StepError, match=r"status 'error'.*/var/log/cloud-init.log"):
         decide("error", 1)
 
 
