@@ -39,6 +39,9 @@ class HostProgress:
     def start_stage(self, stage: Stage, hosts: int) -> None:
         self.task = self.progress.add_task(f"{stage.name:<10} {stage.summary}", total=hosts)
 
+    def start_gate(self, gate: str, hosts: int) -> None:
+        self.task = self.progress.add_task(f"{'checks':<10} tests/infra/test_{gate}.py on {hosts} hosts", total=None)
+
     def host_done(self, result: HostResult) -> None:
         if self.task is not None:
             self.progress.advance(self.task)
@@ -76,6 +79,17 @@ def print_up(run: UpRun, *, verbose: bool = False, console: Console | None = Non
     for o in run.outcomes:
         if o.skipped:
             console.print(f"[dim]{o.stage.name}: skipped: {o.skipped}[/dim]", highlight=False)
+        if o.gate is not None:
+            g = o.gate
+            style = "green" if g.ok else "red"
+            console.print(f"[{style}]{o.stage.name} checks (tests/infra/test_{g.gate}.py): {g.passed} passed, "
+                          f"{g.failed} failed, {g.skipped} skipped[/{style}] [dim]{g.duration:.1f}s[/dim]",
+                          highlight=False)
+            for line in g.failures:
+                console.print(f"  {line}", highlight=False, markup=False)
+            if not g.ok and not g.failures:
+                for line in g.output.strip().splitlines()[-15:]:
+                    console.print(f"  {line}", highlight=False, markup=False)
     for o in run.outcomes:
         for r in o.result.hosts if o.result else []:
             _print_host(console, o.stage.name, r, verbose)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from picluster.inventory import Host, Inventory
+from picluster.ops.check import GateResult, run_gate
 from picluster.remote import HostResult, StageResult, run_stage
 from picluster.stages import PREFLIGHT, Stage
 
@@ -18,11 +19,13 @@ class StageOutcome:
     stage: Stage
     hosts: list[str]
     result: StageResult | None = None
+    gate: GateResult | None = None
     skipped: str = ""
 
     @property
     def failed(self) -> bool:
-        return self.result is not None and bool(self.result.failures)
+        stage_failed = self.result is not None and bool(self.result.failures)
+        return stage_failed or (self.gate is not None and not self.gate.ok)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"stage": self.stage.name, "hosts": self.hosts}
@@ -30,6 +33,8 @@ class StageOutcome:
             out.update(self.result.to_dict())
         else:
             out["skipped"] = self.skipped
+        if self.gate is not None:
+            out["gate"] = self.gate.to_dict()
         return out
 
 
@@ -61,10 +66,12 @@ def up(
     parallel: int = 10,
     on_stage_start: Callable[[Stage, int], None] | None = None,
     on_host_done: Callable[[HostResult], None] | None = None,
+    on_gate_start: Callable[[str, int], None] | None = None,
 ) -> UpRun:
     """Run preflight and then `stages` on the inventory's hosts (narrowed by `limit`).
 
-    A stage that fails stops the run: later stages are reported as skipped with the reason.
+    Each stage that changes hosts is followed by its gate (its testinfra checks; not in a dry run).
+    A stage or gate that fails stops the run: later stages are reported as skipped with the reason.
     """
     hosts = inv.select(limit=limit)
     run = UpRun(dry_run=dry_run)
@@ -84,6 +91,10 @@ def up(
                 on_stage_start(stage, len(targets))
             outcome.result = run_stage(stage.name, targets, stage.plan(inv), dry_run=dry_run,
                                        parallel=parallel, on_host_done=on_host_done, check=False)
+            if not outcome.failed and stage.gate and not dry_run:
+                if on_gate_start is not None:
+                    on_gate_start(stage.gate, len(targets))
+                outcome.gate = run_gate(inv, stage.gate, targets)
             if outcome.failed:
                 blocked = f"stage {stage.name} failed"
     return run

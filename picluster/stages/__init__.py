@@ -19,7 +19,7 @@ class Stage:
     roles: tuple[str, ...]
     summary: str
     plan: Plan | None = None
-    gate: str | None = None
+    gate: str | None = None  # runs tests/infra/test_<gate>.py after the stage
     issue: int | None = None
 
     @property
@@ -34,18 +34,18 @@ def _preflight_plan(inv: Inventory) -> Callable[[Host], Sequence[AnyStep]]:
 
 
 PREFLIGHT = Stage("preflight", ("gateway", "server", "agent"),
-                  "every host answers over SSH and cloud-init has finished", plan=_preflight_plan)
+                  "every host answers over SSH and cloud-init has finished", plan=_preflight_plan, gate="base")
 
 # Not built yet: each names the issue that builds it, and `cluster.up` reports it as skipped.
 STAGES: tuple[Stage, ...] = (
     Stage("os", ("gateway", "server", "agent"), "packages, time, kernel settings, SSH hardening",
-          gate="tests/infra/test_os.py", issue=5),
+          gate="os", issue=5),
     Stage("gateway", ("gateway",), "firewall, DHCP/DNS, NTP server, external-node logging",
-          gate="tests/infra/test_gateway.py", issue=5),
+          gate="gateway", issue=5),
     Stage("k3s", ("server", "agent"), "K3S server and agents with graceful node shutdown",
-          gate="tests/infra/test_k3s.py", issue=6),
+          gate="k3s", issue=6),
     Stage("apps", ("server",), "the platform's Helm releases and backups",
-          gate="tests/infra/test_apps.py", issue=7),
+          gate="apps", issue=7),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 

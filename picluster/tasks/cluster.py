@@ -53,7 +53,8 @@ def up(
 
     with HostProgress() as progress:
         run = run_up(inv, stages, limit=limit_names, dry_run=dry_run, parallel=parallel,
-                     on_stage_start=progress.start_stage, on_host_done=progress.host_done)
+                     on_stage_start=progress.start_stage, on_host_done=progress.host_done,
+                     on_gate_start=progress.start_gate)
     print_up(run, verbose=verbose)
     if report:
         write_json(report, run.to_dict())
