@@ -1,0 +1,187 @@
+"""The runner against a real sshd on 127.0.0.1: aggregation, host keys, ssh_config, end-to-end apply."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from fabric import Config
+
+from picluster.remote import (
+    AnyStep,
+    ProbeOutput,
+    StageFailed,
+    StageResult,
+    connect,
+    run_stage,
+)
+from picluster.remote.execute import Executor, split_probes, wrap
+from picluster.state import CmdlineArgs, Directory, File, KernelModule, Line, Sysctl
+from tests.unit.conftest import LocalShell, Node, Sshd, free_port, keygen
+
+pytestmark = []
+
+
+def test_wrap_runs_scripts_with_sh_and_sudo_n_for_non_root() -> None:
+    assert wrap("echo 'a b'", sudo=False) == "sh -c 'echo '\"'\"'a b'\"'\"''"
+    assert wrap("true", sudo=True) == "sudo -n sh -c true"
+
+
+def test_probes_come_back_exact_in_one_round_trip(local: LocalShell) -> None:
+    probes = {
+        "no-newline": "printf 'x y'",
+        "two-lines": "printf 'a\\nb\\n'",
+        "fails": "echo partial; exit 3",
+        "looks-like-a-marker": "printf '\\n@picluster-0 0\\n'",
+        "stderr-dropped": "echo oops >&2",
+    }
+    out = Executor(local.context, sudo=False).read(probes)
+    assert out == {
+        "no-newline": ProbeOutput("x y", 0),
+        "two-lines": ProbeOutput("a\nb\n", 0),
+        "fails": ProbeOutput("partial\n", 3),
+        "looks-like-a-marker": ProbeOutput("\n@picluster-0 0\n", 0),
+        "stderr-dropped": ProbeOutput("", 0),
+    }
+
+
+def test_malformed_probe_output_is_detected() -> None:
+    assert split_probes("garbage", ["a"], "@n") is None
+    assert split_probes("x\n@n 0\n", ["a"], "@n") == {"a": ProbeOutput("x", 0)}
+
+
+def _nodes(sshd: Sshd, known_hosts: Path) -> list[Node]:
+    closed = free_port()
+    return [
+        Node("good", sshd.target(sshd.ports[0], known_hosts)),
+        Node("bad", sshd.target(sshd.ports[1], known_hosts)),
+        Node("gone", sshd.target(closed, known_hosts)),
+    ]
+
+
+def test_stage_collects_every_host_and_fails_once_at_the_end(sshd: Sshd, tmp_path: Path) -> None:
+    nodes = _nodes(sshd, sshd.known_hosts(tmp_path / "known_hosts"))
+    target = tmp_path / "out"
+
+    def plan(node: Node) -> Sequence[AnyStep]:
+        if node.name == "bad":
+            missing = tmp_path / "no-such-dir" / "f"
+            return [File(str(missing), "x\n", owner=None, group=None), Directory(str(tmp_path / "never"))]
+        return [Directory(str(target)), File(str(target / "f"), "hello\n")]
+
+    with pytest.raises(StageFailed) as raised:
+        run_stage("demo", nodes, plan, timeout=5)
+    result = raised.value.result
+    by_name = {h.host: h for h in result.hosts}
+    assert [h.host for h in result.hosts] == ["good", "bad", "gone"]
+    assert by_name["good"].status == "changed"
+    assert (target / "f").read_text() == "hello\n"
+    assert by_name["bad"].status == "failed"
+    assert [s.status for s in by_name["bad"].steps] == ["failed"]  # the next step never ran
+    assert not (tmp_path / "never").exists()
+    assert by_name["gone"].status == "unreachable"
+    assert all(h.duration > 0 for h in result.hosts)
+
+    message = str(raised.value)
+    assert "stage 'demo' failed on 2 of 3 hosts" in message
+    assert f"bad: step 'file {tmp_path}/no-such-dir/f' failed" in message
+    assert "command: set -e" in message and "exit code: 1" in message
+    assert "No such file or directory" in message
+    assert f"gone: unreachable: gone: cannot reach 127.0.0.1:{nodes[2].ssh.port}" in message
+    assert "What to do" in message and "--limit bad,gone" in message
+    assert json.loads(json.dumps(result.to_dict()))["hosts"][1]["steps"][0]["error"]["exit_code"] == 1
+
+
+def test_second_run_reports_zero_changes_and_dry_run_changes_nothing(sshd: Sshd, tmp_path: Path) -> None:
+    known = sshd.known_hosts(tmp_path / "known_hosts")
+    nodes = [Node("a", sshd.target(sshd.ports[0], known)), Node("b", sshd.target(sshd.ports[1], known))]
+    module = next(m for m in sorted(os.listdir("/sys/module")) if m.isidentifier())
+    ip_forward = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
+    (tmp_path / "cmdline.txt").write_text("console=tty1 root=PARTUUID=1-02 rootwait\n")
+
+    def plan(node: Node) -> Sequence[AnyStep]:
+        d = tmp_path / node.name / "conf d"
+        return [
+            Directory(str(d), mode=0o750),
+            File(str(d / "token"), "s3cr3t $(reboot) `id`\n", mode=0o600, secret=True),
+            Line(str(d / "sshd_config"), "PasswordAuthentication no", regex=r"^#?PasswordAuthentication"),
+            Sysctl("net.ipv4.ip_forward", ip_forward, file=str(d / "99-test.conf")),
+            KernelModule(module, file=str(d / "modules.conf")),
+            CmdlineArgs(["cgroup_memory=1", "cgroup_enable=memory"], path=str(tmp_path / "cmdline.txt")),
+        ]
+
+    dry = run_stage("e2e", nodes, plan, dry_run=True)
+    assert dry.dry_run and dry.changed == 2 * 6 and not (tmp_path / "a").exists()
+    first = run_stage("e2e", nodes, plan)
+    assert [h.status for h in first.hosts] == ["changed", "changed"]
+    assert first.hosts[0].needs_reboot
+    token = tmp_path / "a" / "conf d" / "token"
+    assert token.read_text() == "s3cr3t $(reboot) `id`\n" and token.stat().st_mode & 0o777 == 0o600
+    assert "s3cr3t" not in json.dumps(first.to_dict())
+    assert (tmp_path / "cmdline.txt").read_text() == (
+        "console=tty1 root=PARTUUID=1-02 rootwait cgroup_memory=1 cgroup_enable=memory\n"
+    )
+    second = run_stage("e2e", nodes, plan)
+    assert second.changed == 0, [s for h in second.hosts for s in h.steps if s.status != "ok"]
+    reasons = [s.reason for s in second.hosts[0].steps]
+    assert f"sysctl net.ipv4.ip_forward is {ip_forward} (runtime and {tmp_path}/a/conf d/99-test.conf)" in reasons
+    assert not second.hosts[0].needs_reboot
+
+
+def test_a_changed_host_key_is_refused_naming_host_and_file(sshd: Sshd, tmp_path: Path) -> None:
+    other = keygen(tmp_path / "other_host_key")
+    known = sshd.known_hosts(tmp_path / "known_hosts", other)
+    result = run_stage("keys", [Node("node1", sshd.target(sshd.ports[0], known))], lambda n: [], check=False)
+    (host,) = result.hosts
+    assert host.status == "unreachable"
+    assert host.message.startswith("node1: the host key of 127.0.0.1 CHANGED")
+    assert str(known) in host.message and "refusing to connect" in host.message
+    assert known.read_text().count("\n") == 2  # untouched
+
+
+def test_an_unknown_host_key_is_refused_unless_first_contact(sshd: Sshd, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    target = sshd.target(sshd.ports[1], known)
+    result = run_stage("keys", [Node("node2", target)], lambda n: [], check=False)
+    assert result.hosts[0].status == "unreachable"
+    assert f"is not in {known}" in result.hosts[0].message
+    assert not known.exists()
+
+    first = run_stage("keys", [Node("node2", target)], lambda n: [], first_contact=True)
+    assert first.hosts[0].status == "ok"
+    key = " ".join(sshd.host_key_line.split()[:2])
+    assert known.read_text() == f"[127.0.0.1]:{sshd.ports[1]} {key}\n"
+    connect(target).close()  # now known: strict mode accepts it
+
+
+def test_ssh_config_aliases_and_identity_files_are_honoured(sshd: Sshd, tmp_path: Path) -> None:
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(f"Host pi-alias\n  HostName 127.0.0.1\n  IdentityFile {sshd.client_key}\n")
+    known = sshd.known_hosts(tmp_path / "known_hosts")
+    target = sshd.target(sshd.ports[0], known, address="pi-alias")
+    conn = connect(
+        type(target)(target.address, target.port, target.user, None, known),
+        config=Config(runtime_ssh_path=str(ssh_config)),
+    )
+    try:
+        assert conn.host == "127.0.0.1"
+        assert conn.run("echo $SSH_CONNECTION", hide=True, in_stream=False).stdout.split()[2] == "127.0.0.1"
+    finally:
+        conn.close()
+
+
+def test_a_plan_that_raises_fails_only_its_host(sshd: Sshd, tmp_path: Path) -> None:
+    known = sshd.known_hosts(tmp_path / "known_hosts")
+
+    def plan(node: Node) -> Sequence[AnyStep]:
+        if node.name == "x":
+            raise KeyError("ssh_port")
+        return []
+
+    nodes = [Node("x", sshd.target(sshd.ports[0], known)), Node("y", sshd.target(sshd.ports[1], known))]
+    result: StageResult = run_stage("plan", nodes, plan, check=False, parallel=1)
+    assert [h.status for h in result.hosts] == ["failed", "ok"]
+    assert result.hosts[0].message == "planning the steps failed: KeyError: 'ssh_port'"
