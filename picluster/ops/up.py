@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from picluster.inventory import Host, Inventory
-from picluster.ops.check import GateResult, run_gate
+from picluster.ops.check import INFRA_TESTS, GateResult, run_gate
 from picluster.remote import HostResult, StageResult, run_stage
 from picluster.stages import PREFLIGHT, Stage
 
@@ -67,6 +68,7 @@ def up(
     on_stage_start: Callable[[Stage, int], None] | None = None,
     on_host_done: Callable[[HostResult], None] | None = None,
     on_gate_start: Callable[[str, int], None] | None = None,
+    suites: Path = INFRA_TESTS,
 ) -> UpRun:
     """Run preflight and then `stages` on the inventory's hosts (narrowed by `limit`).
 
@@ -94,7 +96,7 @@ def up(
             if not outcome.failed and stage.gate and not dry_run:
                 if on_gate_start is not None:
                     on_gate_start(stage.gate, len(targets))
-                outcome.gate = run_gate(inv, stage.gate, targets)
+                outcome.gate = run_gate(inv, stage.gate, targets, suites=suites)
             if outcome.failed:
                 blocked = f"stage {stage.name} failed"
     return run
