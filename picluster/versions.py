@@ -1,0 +1,233 @@
+"""Load and validate k8s/versions.yml, the one place versions are pinned.
+
+Every problem is one `VersionsError` line naming the file and the key (`charts.metallb.version: ...`).
+Lookups: `k3s_version()`, `chart("metallb")`, `repo_url("jetstack")`; `load_versions()` gives the whole table.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_VERSIONS = REPO_ROOT / "k8s" / "versions.yml"
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+_K3S = re.compile(r"^v\d+\.\d+\.\d+\+k3s\d+$")
+_FLOATING = {"latest", "stable", "main", "master", "head", "*"}
+_TOP_KEYS = {"k3s", "repos", "charts", "release"}
+_REPO_KEYS = {"url", "note"}
+_CHART_KEYS = {"repo", "version", "bundled", "parent", "name"}
+_ROW_KEYS = {"type", "software", "version", "chart", "notes"}
+
+
+class VersionsError(Exception):
+    """A versions file that cannot be used; the message is one line that says what to fix."""
+
+
+@dataclass(frozen=True)
+class Chart:
+    """A pinned Helm chart: `helm install ... <repo>/<name> --version <version>` (repo None: not installable)."""
+
+    repo: str | None
+    name: str
+    version: str
+    url: str | None = None
+    bundled: str | None = None
+    parent: str | None = None
+
+    @property
+    def ref(self) -> str:
+        """`repo/name`, as helm wants it."""
+        return f"{self.repo}/{self.name}" if self.repo else self.name
+
+    @property
+    def installable(self) -> bool:
+        """True when picluster installs it with helm (not bundled in K3S, not a subchart)."""
+        return self.repo is not None and self.bundled is None and self.parent is None
+
+    @property
+    def label(self) -> str:
+        """`name-version`, as the release table and ../shared/charts/ name it."""
+        return f"{self.name}-{self.version}"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the release table."""
+
+    type: str
+    software: str
+    version: str
+    chart: Chart | None = None
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class Versions:
+    """The whole versions file, validated."""
+
+    path: Path
+    k3s: str
+    repos: dict[str, str]
+    repo_notes: dict[str, str]
+    charts: dict[str, Chart]
+    release: tuple[Row, ...]
+
+    def chart(self, name: str) -> Chart:
+        """The pinned chart called `name`; KeyError-free: a VersionsError names the known charts."""
+        try:
+            return self.charts[name]
+        except KeyError:
+            raise VersionsError(f"{self.path}: charts.{name}: no such chart; known: "
+                                f"{', '.join(sorted(self.charts))}") from None
+
+    def extra_charts(self) -> list[Chart]:
+        """Pinned charts that no release-table row names (e.g. linkerd-viz), in file order."""
+        used = [row.chart for row in self.release if row.chart]
+        return [c for c in self.charts.values() if c not in used]
+
+
+class _Reader:
+    """Typed access to the raw YAML that fails with the file and the key path."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, key: str, problem: str) -> VersionsError:
+        return VersionsError(f"{self.path}: {key}: {problem}")
+
+    def mapping(self, value: Any, key: str, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a mapping, got {type(value).__name__}")
+        for k in value:
+            if k not in allowed:
+                raise self.fail(f"{key}.{k}" if key else str(k),
+                                f"unknown key; allowed: {', '.join(sorted(allowed))}")
+        return value
+
+    def text(self, value: Any, key: str, *, required: bool = True) -> str:
+        if value is None and not required:
+            return ""
+        if isinstance(value, bool) or not isinstance(value, str) or not value.strip():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                raise self.fail(key, f"expected a string, got the number {value!r}; quote it: \"{value}\"")
+            raise self.fail(key, f"expected a non-empty string, got {value!r}")
+        return value.strip()
+
+    def version(self, value: Any, key: str) -> str:
+        v = self.text(value, key)
+        if v.lower() in _FLOATING:
+            raise self.fail(key, f"{v!r} is not a pinned version; write the exact version")
+        return v
+
+
+def load_versions(path: str | Path = DEFAULT_VERSIONS) -> Versions:
+    """Read and validate a versions file; raise VersionsError (one line) on the first problem."""
+    path = Path(path)
+    r = _Reader(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise VersionsError(f"{path}: no such versions file") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "YAML"
+        raise VersionsError(f"{path}: {where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+    top = r.mapping(raw, "", _TOP_KEYS)
+    for key in sorted(_TOP_KEYS):
+        if key not in top:
+            raise r.fail(key, "missing")
+
+    k3s = r.version(top["k3s"], "k3s")
+    if not _K3S.match(k3s):
+        raise r.fail("k3s", f"{k3s!r} is not a K3S release such as v1.24.3+k3s1")
+
+    repos: dict[str, str] = {}
+    notes: dict[str, str] = {}
+    for name, spec in r.mapping(top["repos"], "repos", set(top["repos"] or {})).items():
+        key = f"repos.{name}"
+        if not _NAME.match(str(name)):
+            raise r.fail(key, "a repo name is lowercase letters, digits and dashes")
+        spec = r.mapping(spec, key, _REPO_KEYS)
+        url = r.text(spec.get("url"), f"{key}.url")
+        if not url.startswith("https://"):
+            raise r.fail(f"{key}.url", f"{url!r} is not an https:// URL")
+        repos[name] = url
+        if spec.get("note"):
+            notes[name] = r.text(spec["note"], f"{key}.note")
+
+    charts: dict[str, Chart] = {}
+    raw_charts = r.mapping(top["charts"], "charts", set(top["charts"] or {}))
+    for name, spec in raw_charts.items():
+        key = f"charts.{name}"
+        if not _NAME.match(str(name)):
+            raise r.fail(key, "a chart name is lowercase letters, digits and dashes")
+        spec = r.mapping(spec, key, _CHART_KEYS)
+        version = r.version(spec.get("version"), f"{key}.version")
+        parent = spec.get("parent")
+        repo = spec.get("repo")
+        if (parent is None) == (repo is None):
+            raise r.fail(key, "give exactly one of repo (a Helm repo name) or parent (the chart that pins it)")
+        if repo is not None and repo not in repos:
+            raise r.fail(f"{key}.repo", f"unknown repo {repo!r}; known: {', '.join(sorted(repos))}")
+        if parent is not None and parent not in raw_charts:
+            raise r.fail(f"{key}.parent", f"unknown chart {parent!r}")
+        bundled = spec.get("bundled")
+        if bundled is not None and bundled != "k3s":
+            raise r.fail(f"{key}.bundled", f"{bundled!r}: the only bundler known is k3s")
+        charts[name] = Chart(repo=repo, name=r.text(spec.get("name", name), f"{key}.name"), version=version,
+                             url=repos.get(repo) if repo else None, bundled=bundled, parent=parent)
+
+    rows: list[Row] = []
+    raw_rows = top["release"]
+    if not isinstance(raw_rows, list) or not raw_rows:
+        raise r.fail("release", "expected a non-empty list of rows")
+    for i, spec in enumerate(raw_rows):
+        key = f"release[{i}]"
+        spec = r.mapping(spec, key, _ROW_KEYS)
+        chart_name = spec.get("chart")
+        if chart_name is not None and chart_name not in charts:
+            raise r.fail(f"{key}.chart", f"unknown chart {chart_name!r}; add it under charts")
+        rows.append(Row(type=r.text(spec.get("type"), f"{key}.type"),
+                        software=r.text(spec.get("software"), f"{key}.software"),
+                        version=r.version(spec.get("version"), f"{key}.version"),
+                        chart=charts[chart_name] if chart_name is not None else None,
+                        notes=r.text(spec.get("notes"), f"{key}.notes", required=False)))
+
+    k3s_rows = [row for row in rows if row.software == "K3S"]
+    if len(k3s_rows) != 1:
+        raise r.fail("release", f"expected exactly one K3S row, found {len(k3s_rows)}")
+    if not k3s.startswith(k3s_rows[0].version + "+"):
+        raise r.fail("k3s", f"{k3s} is not a build of the release table's K3S {k3s_rows[0].version}")
+    return Versions(path=path, k3s=k3s, repos=repos, repo_notes=notes, charts=charts, release=tuple(rows))
+
+
+@cache
+def _default() -> Versions:
+    return load_versions(DEFAULT_VERSIONS)
+
+
+def k3s_version() -> str:
+    """The pinned K3S release for INSTALL_K3S_VERSION, e.g. v1.24.3+k3s1."""
+    return _default().k3s
+
+
+def chart(name: str) -> Chart:
+    """The pinned chart `name` (e.g. "metallb") from k8s/versions.yml."""
+    return _default().chart(name)
+
+
+def repo_url(name: str) -> str:
+    """The URL of the Helm repo `name` (e.g. "jetstack") from k8s/versions.yml."""
+    versions = _default()
+    try:
+        return versions.repos[name]
+    except KeyError:
+        raise VersionsError(f"{versions.path}: repos.{name}: no such repo; known: "
+                            f"{', '.join(sorted(versions.repos))}") from None
