@@ -5,11 +5,11 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from picluster.remote import AnyStep, HostRun, StepResult, run_steps
 
 SSHD = Path("/usr/sbin/sshd")
 FAKE_TOOL = Path(__file__).parent.parent / "support" / "fake_tool.py"
+FAKE_TOOLS = ("sysctl", "systemctl", "apt-get", "modprobe")
 
 
 def free_port() -> int:
@@ -36,14 +37,6 @@ def keygen(path: Path) -> str:
     """Create an ed25519 key pair at `path` and return the public key line."""
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(path)], check=True)
     return path.with_suffix(".pub").read_text().strip()
-
-
-@dataclass(frozen=True)
-class Node:
-    """The smallest host the runner accepts: a name and how to reach it."""
-
-    name: str
-    ssh: SshTarget
 
 
 @dataclass(frozen=True)
@@ -66,15 +59,23 @@ class Sshd:
         """Return the target for one port."""
         return SshTarget(address, port, self.user, self.client_key, known_hosts)
 
+    def closed_port(self) -> int:
+        """Return a port where nothing listens: an unreachable host."""
+        return free_port()
 
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
-    """Start sshd -D on 127.0.0.1 (two free ports) with its own host key and authorized_keys."""
-    if not SSHD.exists():
-        pytest.skip("needs /usr/sbin/sshd: apt-get install openssh-server")
-    if os.geteuid() != 0:
-        pytest.skip("the sshd tests log in as root and run steps as root: run them as root (CI does)")
-    d = tmp_path_factory.mktemp("sshd")
+    def other_key(self, path: Path) -> str:
+        """Return the public line of a new key that is not this sshd's host key."""
+        return keygen(path)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextmanager
+def running_sshd(d: Path, user: str) -> Iterator[Sshd]:
+    """Run `sshd -D -e -f <own config>` on two free ports of 127.0.0.1; stop it (by its PID) after."""
     host_key_line = keygen(d / "host_ed25519")
     client_pub = keygen(d / "client_ed25519")
     (d / "authorized_keys").write_text(client_pub + "\n")
@@ -85,33 +86,39 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
         + f"ListenAddress 127.0.0.1\nHostKey {d / 'host_ed25519'}\nPidFile {d / 'sshd.pid'}\n"
         f"AuthorizedKeysFile {d / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-        "Subsystem sftp internal-sftp\n"
     )
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # NOTE: sshd's privilege separation directory
-    proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stderr=(d / "sshd.log").open("w"))
+    log = d / "sshd.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stderr=err)
     try:
         deadline = time.monotonic() + 10
         while not all(_listening(p) for p in ports):
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"sshd did not start: {(d / 'sshd.log').read_text()}")
+                raise RuntimeError(f"sshd did not start: {log.read_text()}")
             time.sleep(0.05)
-        yield Sshd(d, ports, d / "client_ed25519", host_key_line, getpass.getuser())
+        yield Sshd(d, ports, d / "client_ed25519", host_key_line, user)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @dataclass
 class FakeTools:
-    """sysctl, systemctl, apt-get and modprobe stand-ins on PATH, with their calls and state."""
+    """sysctl, systemctl, apt-get and modprobe stand-ins (tests/support/fake_tool.py) on PATH."""
 
     bin: Path
     state: Path
+
+    @classmethod
+    def install(cls, root: Path) -> FakeTools:
+        """Create the stand-ins under `root`."""
+        tools = cls(root / "fakebin", root / "fakestate")
+        tools.bin.mkdir()
+        tools.state.mkdir()
+        for tool in FAKE_TOOLS:
+            (tools.bin / tool).symlink_to(FAKE_TOOL)
+        return tools
 
     def calls(self) -> list[list[str]]:
         """Return every recorded call, as argv lists."""
@@ -129,19 +136,8 @@ class FakeTools:
         (self.state / "state.json").write_text(json.dumps(state), encoding="utf-8")
 
 
-@pytest.fixture
-def fake_tools(tmp_path: Path) -> FakeTools:
-    """Put fake host tools first on PATH for the `local` shell."""
-    bin_dir, state = tmp_path / "fakebin", tmp_path / "fakestate"
-    bin_dir.mkdir()
-    state.mkdir()
-    for tool in ("sysctl", "systemctl", "apt-get", "modprobe"):
-        (bin_dir / tool).symlink_to(FAKE_TOOL)
-    return FakeTools(bin_dir, state)
-
-
 class LocalShell:
-    """Runs steps through the runner's executor against this machine's /bin/sh."""
+    """Runs steps through the runner's own executor against this machine's /bin/sh."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.context = Context(InvokeConfig(overrides={"run": {"env": env}}))
@@ -152,21 +148,31 @@ class LocalShell:
         return run_steps(self.context, steps, sudo=False, dry_run=dry_run, run=self.run)
 
 
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    """A real sshd on 127.0.0.1 (two ports, own keys) that logs root in with its own client key."""
+    if not SSHD.exists():
+        pytest.skip("needs /usr/sbin/sshd: apt-get install openssh-server")
+    if os.geteuid() != 0:
+        pytest.skip("the sshd tests log in as root and run steps as root: run them as root (CI does)")
+    with running_sshd(tmp_path_factory.mktemp("sshd"), getpass.getuser()) as server:
+        yield server
+
+
+@pytest.fixture
+def fake_tools(tmp_path: Path) -> FakeTools:
+    """Fake sysctl, systemctl, apt-get and modprobe, for the `local` shell's PATH."""
+    return FakeTools.install(tmp_path)
+
+
 @pytest.fixture
 def local(fake_tools: FakeTools) -> LocalShell:
     """A local shell whose PATH starts with the fake tools."""
-    env = {"PATH": f"{fake_tools.bin}:{os.environ['PATH']}", "FAKE_STATE": str(fake_tools.state)}
-    return LocalShell(env)
+    return LocalShell({"PATH": f"{fake_tools.bin}:{os.environ['PATH']}", "FAKE_STATE": str(fake_tools.state)})
 
 
 @pytest.fixture
 def me() -> tuple[str, str]:
     """Return the current user and group names, for files the tests create without root."""
-    user = getpass.getuser()
-    return user, subprocess.run(["id", "-gn"], capture_output=True, text=True, check=True).stdout.strip()
-
-
-def require_tool(name: str) -> None:
-    """Skip the test when a host tool is missing."""
-    if shutil.which(name) is None:
-        pytest.skip(f"needs {name}")
+    group = subprocess.run(["id", "-gn"], capture_output=True, text=True, check=True).stdout.strip()
+    return getpass.getuser(), group

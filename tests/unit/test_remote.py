@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from fabric import Config
 
+from picluster.inventory import SshTarget
 from picluster.remote import (
     AnyStep,
     ProbeOutput,
@@ -20,9 +23,17 @@ from picluster.remote import (
 )
 from picluster.remote.execute import Executor, split_probes, wrap
 from picluster.state import CmdlineArgs, Directory, File, KernelModule, Line, Sysctl
-from tests.unit.conftest import LocalShell, Node, Sshd, free_port, keygen
 
-pytestmark = []
+if TYPE_CHECKING:
+    from conftest import LocalShell, Sshd
+
+
+@dataclass(frozen=True)
+class Node:
+    """The smallest host the runner accepts: a name and how to reach it."""
+
+    name: str
+    ssh: SshTarget
 
 
 def test_wrap_runs_scripts_with_sh_and_sudo_n_for_non_root() -> None:
@@ -54,7 +65,7 @@ def test_malformed_probe_output_is_detected() -> None:
 
 
 def _nodes(sshd: Sshd, known_hosts: Path) -> list[Node]:
-    closed = free_port()
+    closed = sshd.closed_port()
     return [
         Node("good", sshd.target(sshd.ports[0], known_hosts)),
         Node("bad", sshd.target(sshd.ports[1], known_hosts)),
@@ -132,7 +143,7 @@ def test_second_run_reports_zero_changes_and_dry_run_changes_nothing(sshd: Sshd,
 
 
 def test_a_changed_host_key_is_refused_naming_host_and_file(sshd: Sshd, tmp_path: Path) -> None:
-    other = keygen(tmp_path / "other_host_key")
+    other = sshd.other_key(tmp_path / "other_host_key")
     known = sshd.known_hosts(tmp_path / "known_hosts", other)
     result = run_stage("keys", [Node("node1", sshd.target(sshd.ports[0], known))], lambda n: [], check=False)
     (host,) = result.hosts
