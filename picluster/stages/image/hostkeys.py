@@ -1,0 +1,80 @@
+"""Pinned SSH host keys: generated on the controller, put into the seed, and written to known_hosts.
+
+A host's key is kept (0600) in its seed folder of the cache and reused on the next flash, so reflashing a
+host does not change its identity; known_hosts gets exactly one line for the host's address.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from picluster.cloudinit import HostKey
+
+KEY_FILE = "ssh_host_ed25519_key"
+
+
+def generate_ed25519(comment: str) -> HostKey:
+    """A new ed25519 key pair in OpenSSH formats."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH).decode()
+    return HostKey(private=private, public=f"{public} {comment}")
+
+
+def write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write atomically with `mode` from the first byte (never briefly world-readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def ensure_host_key(seed_dir: Path, hostname: str) -> HostKey:
+    """The host's key pair from its seed folder, generated there (0600 / 0644) the first time."""
+    private_path = seed_dir / KEY_FILE
+    public_path = seed_dir / f"{KEY_FILE}.pub"
+    if private_path.is_file() and public_path.is_file():
+        return HostKey(private=private_path.read_text(encoding="utf-8"),
+                       public=public_path.read_text(encoding="utf-8").strip())
+    pair = generate_ed25519(f"root@{hostname}")
+    write_private(private_path, pair.private, 0o600)
+    write_private(public_path, pair.public + "\n", 0o644)
+    return pair
+
+
+def known_hosts_name(address: str, port: int) -> str:
+    return address if port == 22 else f"[{address}]:{port}"
+
+
+def pin_known_host(path: Path, address: str, port: int, public: str) -> bool:
+    """Make `path` hold exactly one line for the address with this key; True when the file changed."""
+    name = known_hosts_name(address, port)
+    kind, blob = public.split()[:2]
+    wanted = f"{name} {kind} {blob}"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        lines = []
+    kept = [line for line in lines
+            if not line.strip() or line.startswith("#") or name not in line.split()[0].split(",")]
+    new = [*kept, wanted]
+    if new == lines:
+        return False
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
+    write_private(path, "\n".join(new) + "\n", mode)
+    return True
