@@ -24,18 +24,18 @@ class UserFacts:
 class User:
     """Ensure a user exists, with this shell (None: unmanaged) and at least these groups.
 
-    Example: ``User("pi", groups=["sudo", "adm"], shell="/bin/bash")``
+    Example: ``User("pi", groups=["sudo", "adm"], login_shell="/bin/bash")``
     """
 
-    def __init__(self, user: str, *, groups: Sequence[str] = (), shell: str | None = None) -> None:
+    def __init__(self, user: str, *, groups: Sequence[str] = (), login_shell: str | None = None) -> None:
         bad = [n for n in (user, *groups) if not NAME.match(n)]
         if bad:
             raise ValueError(f"not user or group names: {bad!r}")
-        if shell is not None and re.search(r"[:\n\r]", shell):
-            raise ValueError(f"a shell cannot contain ':' or a line break: {shell!r}")
+        if login_shell is not None and re.search(r"[:\n\r]", login_shell):
+            raise ValueError(f"a login shell cannot contain ':' or a line break: {login_shell!r}")
         self.user = user
         self.groups = list(groups)
-        self.shell = shell
+        self.shell = login_shell
 
     @property
     def name(self) -> str:
