@@ -1,0 +1,89 @@
+"""The stage table, the verbose step lines and the JSON report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from picluster.remote import CommandError, HostResult, StageResult, StepResult
+from picluster.report import print_stage, write_json
+
+
+def stage() -> StageResult:
+    return StageResult(
+        "os",
+        dry_run=False,
+        duration=3.2,
+        hosts=[
+            HostResult(
+                "node1",
+                "changed",
+                1.5,
+                [
+                    StepResult("sysctl net.ipv4.ip_forward", "ok", 0.1, reason="sysctl net.ipv4.ip_forward is 1"),
+                    StepResult("file /etc/hostname", "changed", 0.2, diff="-old\n+[bold]node1[/bold]"),
+                ],
+                needs_reboot=True,
+            ),
+            HostResult(
+                "node2",
+                "failed",
+                0.7,
+                [
+                    StepResult(
+                        "apt nfs-common",
+                        "failed",
+                        0.4,
+                        error=CommandError("apt-get install nfs-common", 100, "E: Unable to locate package"),
+                    )
+                ],
+            ),
+            HostResult("node3", "unreachable", 10.0, message="node3: cannot reach 192.0.2.9:22 (timed out); check"),
+        ],
+    )
+
+
+def render(verbose: bool) -> str:
+    console = Console(record=True, width=160, color_system=None)
+    print_stage(stage(), verbose=verbose, console=console)
+    return console.export_text()
+
+
+def test_table_has_one_row_per_host_with_counts_and_duration() -> None:
+    text = render(verbose=False)
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]] for line in text.splitlines()
+            if line.startswith("│") and "node" in line}
+    assert rows["node1"] == ["1", "1", "0", "0", "1.5s", "needs reboot"]
+    assert rows["node2"] == ["0", "0", "1", "0", "0.7s", "step apt nfs-common"]
+    assert rows["node3"] == ["0", "0", "0", "1", "10.0s", "node3: cannot reach 192.0.2.9:22 (timed out)"]
+    assert "stage os" in text and "sysctl net.ipv4.ip_forward is 1" not in text
+
+
+def test_verbose_lists_reasons_diffs_and_errors_verbatim() -> None:
+    text = render(verbose=True)
+    assert "  ok sysctl net.ipv4.ip_forward (0.10s): sysctl net.ipv4.ip_forward is 1" in text
+    assert "      +[bold]node1[/bold]" in text  # host data is never read as markup
+    assert "      exit code 100; stderr: E: Unable to locate package" in text
+
+
+def test_json_report_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "report.json"
+    write_json(path, [stage()])
+    data = json.loads(path.read_text())
+    (os_stage,) = data["stages"]
+    assert os_stage["stage"] == "os"
+    assert [h["status"] for h in os_stage["hosts"]] == ["changed", "failed", "unreachable"]
+    step = os_stage["hosts"][0]["steps"][0]
+    assert step == {
+        "name": "sysctl net.ipv4.ip_forward",
+        "status": "ok",
+        "duration": 0.1,
+        "reason": "sysctl net.ipv4.ip_forward is 1",
+        "diff": "",
+        "commands": [],
+        "error": None,
+        "message": "",
+    }
+    assert os_stage["hosts"][1]["steps"][0]["error"]["exit_code"] == 100
