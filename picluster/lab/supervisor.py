@@ -1,0 +1,113 @@
+"""Supervise one lab node: mount its overlay root, run systemd-nspawn, give reboot and poweroff meaning.
+
+Started detached by the lab as
+    unshare --mount --propagation private -- python -m picluster.lab.supervisor CONFIG.json
+so the node's overlay mount lives in a private mount namespace and disappears with this process,
+even after a crash. `systemctl reboot` in the node ends nspawn with exit code 133: we start it again.
+`systemctl poweroff` ends it with 0: we stop. SIGTERM (lab.down) shuts the node down cleanly, and
+kills it if it does not stop within the configured grace.
+
+Only the standard library is imported here: one of these runs per node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REBOOT_EXIT = 133
+MAX_REBOOTS = 5          # within REBOOT_WINDOW seconds: a boot loop, stop instead
+REBOOT_WINDOW = 60.0
+
+
+def nspawn_argv(cfg: dict[str, Any]) -> list[str]:
+    return [
+        "systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--quiet",
+        f"--directory={cfg['merged']}", f"--machine={cfg['machine']}",
+        f"--network-namespace-path={cfg['netns_path']}",
+        # The namespace is the node's own: let its systemd-networkd configure eth0 from netplan.
+        "--capability=CAP_NET_ADMIN",
+        "--resolv-conf=off", "--timezone=off", "--link-journal=no", "--console=read-only",
+    ]
+
+
+def _write_state(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def main(config_path: str) -> int:
+    cfg = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    state_path = Path(cfg["state"])
+    stop_grace = float(cfg.get("stop_grace", 8))
+    state: dict[str, Any] = {"name": cfg["name"], "supervisor_pid": os.getpid(), "nspawn_pid": None,
+                             "state": "starting", "started": None, "boots": 0, "last_exit": None,
+                             "reason": None}
+    child: subprocess.Popen[bytes] | None = None
+    stopping = {"at": None}
+
+    def on_term(signum: int, _frame: object) -> None:
+        if stopping["at"] is None:
+            stopping["at"] = time.monotonic()  # type: ignore[assignment]
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)  # nspawn asks the node's systemd to shut down cleanly
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    merged = cfg["merged"]
+    options = f"lowerdir={cfg['lower']},upperdir={cfg['upper']},workdir={cfg['work']}"
+    mounted = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, merged],
+                             capture_output=True, text=True, timeout=30, check=False)
+    if mounted.returncode != 0:
+        state.update(state="stopped", reason=f"overlay mount failed: {mounted.stderr.strip()}")
+        _write_state(state_path, state)
+        return 1
+
+    reboots: list[float] = []
+    console = open(cfg["console"], "ab")  # noqa: SIM115 - kept open for the children's lifetime
+    try:
+        while stopping["at"] is None:
+            child = subprocess.Popen(nspawn_argv(cfg), stdin=subprocess.DEVNULL, stdout=console,
+                                     stderr=subprocess.STDOUT, cwd="/")
+            state.update(state="running", nspawn_pid=child.pid, started=time.time(),
+                         boots=state["boots"] + 1, reason=None)
+            _write_state(state_path, state)
+            while True:
+                try:
+                    rc = child.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    if stopping["at"] is not None and time.monotonic() - stopping["at"] > stop_grace:
+                        child.kill()
+            state.update(last_exit=rc, nspawn_pid=None)
+            if stopping["at"] is not None:
+                state["reason"] = "stopped by the lab"
+                break
+            if rc == REBOOT_EXIT:
+                now = time.monotonic()
+                reboots = [t for t in reboots if now - t < REBOOT_WINDOW] + [now]
+                if len(reboots) > MAX_REBOOTS:
+                    state["reason"] = f"reboot loop: {len(reboots)} reboots within {REBOOT_WINDOW:.0f}s"
+                    break
+                continue
+            state["reason"] = "powered off" if rc == 0 else f"nspawn exited with {rc}"
+            break
+    finally:
+        console.close()
+        subprocess.run(["umount", merged], capture_output=True, timeout=30, check=False)
+        state.update(state="stopped", nspawn_pid=None, stopped=time.time())
+        _write_state(state_path, state)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
