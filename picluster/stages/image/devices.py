@@ -132,7 +132,8 @@ def refusals(facts: DeviceFacts, image_size: int, force: bool = False) -> list[s
     system = facts.system_mounts
     if system:
         where = ", ".join(f"{m.mountpoint} ({m.source})" for m in system)
-        out.append(f"{facts.path} holds this machine's {where}; it is never overwritten")
+        # Decisive on its own: no advice (such as unmounting) that would help anyone overwrite it.
+        return [f"{facts.path} holds this machine's {where}; it is never overwritten"]
     other = [m for m in facts.mounts if m not in system]
     if other:
         where = " ".join(sorted({m.mountpoint for m in other}))

@@ -15,7 +15,7 @@ from picluster.stages.image import ImageError
 from picluster.stages.image.catalog import ImageEntry
 from picluster.stages.image.progress import Progress
 
-CHUNK = 1 << 20
+CHUNK = 64 << 10       # small enough that little is lost when a connection breaks mid-chunk
 HASH_BLOCK = 8 << 20
 TIMEOUT_S = (15, 60)
 
