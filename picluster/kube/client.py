@@ -38,16 +38,19 @@ class Kube:
     @contextmanager
     def api(self) -> Iterator[ApiClient]:
         """A new ApiClient loaded from the kubeconfig, closed on exit."""
+        from kubernetes import client as k8s
         from kubernetes import config
 
+        cfg = k8s.Configuration()      # a fresh one: the global default is never read or changed
         try:
-            client = config.new_client_from_config(config_file=str(self.kubeconfig), context=self.context,
-                                                   persist_config=False)
+            config.load_kube_config(config_file=str(self.kubeconfig), context=self.context,
+                                    client_configuration=cfg, persist_config=False)
         except Exception as err:  # the loader raises ConfigException, OSError, yaml and key errors
             raise KubeError(f"{self.kubeconfig}: cannot load the kubeconfig: {one_line(err)}") from None
         if self.server:
-            client.configuration.host = self.server.rstrip("/")
-        client.configuration.retries = 1
+            _override_server(cfg, self.server.rstrip("/"))
+        cfg.retries = 1
+        client = k8s.ApiClient(configuration=cfg)
         try:
             yield client
         finally:
@@ -68,6 +71,17 @@ class Kube:
 
         with self.api() as client:
             yield AppsV1Api(client)
+
+
+def _override_server(cfg: Any, server: str) -> None:
+    """Point the configuration at `server`, also after the loader's token-refresh hook re-applies the file."""
+    cfg.host = server
+    hook = cfg.refresh_api_key_hook
+    if hook is not None:
+        def refresh(c: Any) -> None:
+            hook(c)
+            c.host = server
+        cfg.refresh_api_key_hook = refresh
 
 
 def one_line(err: BaseException) -> str:

@@ -32,6 +32,7 @@ class NodeInfo:
     roles: tuple[str, ...] = ()
     unschedulable: bool = False
     kubelet_version: str = ""
+    boot_id: str = ""               # changes when the node reboots
     internal_ip: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
 
@@ -73,7 +74,8 @@ def node_info(node: Any) -> NodeInfo:
     info = status.node_info if status else None
     return NodeInfo(name=meta.name, ready=ready, reason=reason, roles=roles_of(labels),
                     unschedulable=bool(node.spec and node.spec.unschedulable),
-                    kubelet_version=info.kubelet_version if info else "", internal_ip=ip, labels=labels)
+                    kubelet_version=info.kubelet_version if info else "", boot_id=info.boot_id if info else "",
+                    internal_ip=ip, labels=labels)
 
 
 def list_nodes(kube: Kube) -> list[NodeInfo]:

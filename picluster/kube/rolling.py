@@ -92,15 +92,34 @@ def kube_steps(
     ready_timeout: float = 300.0,
     force: bool = False,
     act_name: str = "upgrade",
+    expect_version: str | None = None,
+    expect_reboot: bool = False,
     progress: bool = True,
     poll: float = 2.0,
 ) -> NodeSteps:
-    """NodeSteps whose cordon, drain, wait Ready and uncordon go through the API; `act` is the SSH part."""
+    """NodeSteps whose cordon, drain, wait Ready and uncordon go through the API; `act` is the SSH part.
+
+    A node keeps showing Ready for a while after its K3S restarts, so the wait also requires what the act
+    changes: `expect_version` (the kubelet version after an upgrade) or `expect_reboot` (a new boot ID).
+    """
     from picluster.kube.drain import Backoff, drain
-    from picluster.kube.nodes import cordon, uncordon
+    from picluster.kube.nodes import NodeInfo, cordon, get_node, uncordon
     from picluster.kube.wait import wait_ready
 
     server_names = frozenset(servers)
+    before: dict[str, NodeInfo] = {}
+
+    def _cordon(node: str) -> None:
+        before[node] = get_node(kube, node)
+        cordon(kube, node)
+
+    def _changed(node: NodeInfo) -> str | None:
+        if expect_version and node.kubelet_version != expect_version:
+            return f"its kubelet is {node.kubelet_version or 'unknown'}, not {expect_version} yet"
+        old = before.get(node.name)
+        if expect_reboot and old is not None and node.boot_id == old.boot_id:
+            return "it has not rebooted yet (same boot ID)"
+        return None
 
     def _drain(node: str) -> None:
         report = drain(kube, node, drain_timeout, force=force, poll=poll,
@@ -109,7 +128,8 @@ def kube_steps(
             raise DrainFailed(report.summary())
 
     def _wait(node: str) -> None:
-        wait_ready(kube, [node], ready_timeout, servers=server_names, interval=poll, progress=progress)
+        wait_ready(kube, [node], ready_timeout, servers=server_names, interval=poll, check=_changed,
+                   progress=progress)
 
-    return NodeSteps(cordon=lambda node: cordon(kube, node), drain=_drain, act=act, wait_ready=_wait,
+    return NodeSteps(cordon=_cordon, drain=_drain, act=act, wait_ready=_wait,
                      uncordon=lambda node: uncordon(kube, node), act_name=act_name)

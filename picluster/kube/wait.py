@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING
 
 from picluster.kube.client import Kube, KubeError
@@ -40,6 +40,7 @@ def wait_ready(
     *,
     servers: Collection[str] = (),
     interval: float = 2.0,
+    check: Callable[[NodeInfo], str | None] | None = None,
     console: Console | None = None,
     progress: bool = True,
 ) -> list[NodeInfo]:
@@ -47,7 +48,9 @@ def wait_ready(
 
     `servers` names the K3S servers (the rest are agents) for the hint in the error: `journalctl -u k3s`
     on servers, `journalctl -u k3s-agent` on agents. API errors while waiting (a server restarting) are
-    tolerated until the timeout, and reported if they were the last thing seen.
+    tolerated until the timeout, and reported if they were the last thing seen. `check(node)` can hold a
+    Ready node back with a reason (e.g. its kubelet is not yet the upgraded version: a restarted node
+    stays Ready in the API for a while before it turns NotReady).
     """
     wanted = list(dict.fromkeys(names))
     deadline = time.monotonic() + timeout
@@ -60,7 +63,8 @@ def wait_ready(
                 last_error = ""
             except KubeError as err:
                 last_error = str(err)
-            ready = [name for name in wanted if name in seen and seen[name].ready]
+            ready = [name for name in wanted if name in seen and seen[name].ready
+                     and (check is None or check(seen[name]) is None)]
             pending = [name for name in wanted if name not in ready]
             update(len(ready), len(wanted), pending)
             if not pending:
@@ -76,6 +80,8 @@ def wait_ready(
         role = "server" if server else "agent"
         if node is None:
             why = "never registered with the API server" if not last_error else "state unknown (API unreachable)"
+        elif node.ready:
+            why = f"Ready but {check(node) if check else 'not counted'}"
         else:
             why = f"NotReady ({node.reason})" if node.reason else "NotReady"
         missing[name] = f"{name} ({role}): {why}; {hint(name, server=server)}"
