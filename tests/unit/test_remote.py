@@ -111,7 +111,8 @@ def test_second_run_reports_zero_changes_and_dry_run_changes_nothing(sshd: Sshd,
     nodes = [Node("a", sshd.target(sshd.ports[0], known)), Node("b", sshd.target(sshd.ports[1], known))]
     module = next(m for m in sorted(os.listdir("/sys/module")) if m.isidentifier())
     ip_forward = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
-    (tmp_path / "cmdline.txt").write_text("console=tty1 root=PARTUUID=1-02 rootwait\n")
+    for name in ("a", "b"):
+        (tmp_path / f"cmdline-{name}.txt").write_text("console=tty1 root=PARTUUID=1-02 rootwait\n")
 
     def plan(node: Node) -> Sequence[AnyStep]:
         d = tmp_path / node.name / "conf d"
@@ -121,18 +122,18 @@ def test_second_run_reports_zero_changes_and_dry_run_changes_nothing(sshd: Sshd,
             Line(str(d / "sshd_config"), "PasswordAuthentication no", regex=r"^#?PasswordAuthentication"),
             Sysctl("net.ipv4.ip_forward", ip_forward, file=str(d / "99-test.conf")),
             KernelModule(module, file=str(d / "modules.conf")),
-            CmdlineArgs(["cgroup_memory=1", "cgroup_enable=memory"], path=str(tmp_path / "cmdline.txt")),
+            CmdlineArgs(["cgroup_memory=1", "cgroup_enable=memory"], path=str(tmp_path / f"cmdline-{node.name}.txt")),
         ]
 
     dry = run_stage("e2e", nodes, plan, dry_run=True)
     assert dry.dry_run and dry.changed == 2 * 6 and not (tmp_path / "a").exists()
     first = run_stage("e2e", nodes, plan)
     assert [h.status for h in first.hosts] == ["changed", "changed"]
-    assert first.hosts[0].needs_reboot
+    assert first.hosts[0].needs_reboot and first.hosts[1].needs_reboot
     token = tmp_path / "a" / "conf d" / "token"
     assert token.read_text() == "s3cr3t $(reboot) `id`\n" and token.stat().st_mode & 0o777 == 0o600
     assert "s3cr3t" not in json.dumps(first.to_dict())
-    assert (tmp_path / "cmdline.txt").read_text() == (
+    assert (tmp_path / "cmdline-b.txt").read_text() == (
         "console=tty1 root=PARTUUID=1-02 rootwait cgroup_memory=1 cgroup_enable=memory\n"
     )
     second = run_stage("e2e", nodes, plan)
