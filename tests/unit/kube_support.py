@@ -52,6 +52,15 @@ def kube_for(mock: km.KubernetesEmulator, tmp_path: Path, **kwargs: Any) -> Kube
     return Kube(write_kubeconfig(tmp_path / "kubeconfig", url), request_timeout=5.0, **kwargs)
 
 
+def server_faults(mock: km.KubernetesEmulator) -> list[Exception]:
+    """Errors the mock server hit that were not deliberate Kubernetes answers (404s and the like).
+
+    kmock answers a failing reaction with a 500 and keeps the exception; a test that passed with one of
+    those would be passing for the wrong reason.
+    """
+    return [e for e in mock.errors if not isinstance(e, km.KubernetesError)]
+
+
 def seed(mock: km.KubernetesEmulator, *objects: Mapping[str, Any]) -> None:
     """Store objects in the mock's API, keyed as the API would serve them."""
     for obj in objects:

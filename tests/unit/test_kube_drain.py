@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import kmock as km
@@ -18,6 +19,7 @@ from kube_support import (
     refuse_eviction,
     run,
     seed,
+    server_faults,
 )
 
 from picluster.kube import Kube
@@ -28,8 +30,9 @@ FAST = Backoff(initial=0.05, factor=2.0, maximum=0.2)
 
 
 @pytest.fixture
-def kube(kmock: km.KubernetesEmulator, tmp_path: Path) -> Kube:
-    return kube_for(kmock, tmp_path)
+def kube(kmock: km.KubernetesEmulator, tmp_path: Path) -> Iterator[Kube]:
+    yield kube_for(kmock, tmp_path)
+    assert server_faults(kmock) == []
 
 
 def names(refs: list[PodRef]) -> list[str]:

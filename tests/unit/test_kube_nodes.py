@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import kmock as km
 import pytest
-from kube_support import TOKEN, kube_for, node, run, seed, write_kubeconfig
+from kube_support import TOKEN, kube_for, node, run, seed, server_faults, write_kubeconfig
 
 from picluster.kube import Kube, KubeError
 from picluster.kube.nodes import WORKER_LABELS, cordon, get_node, label, list_nodes, uncordon
@@ -15,8 +16,9 @@ pytestmark = pytest.mark.asyncio
 
 
 @pytest.fixture
-def kube(kmock: km.KubernetesEmulator, tmp_path: Path) -> Kube:
-    return kube_for(kmock, tmp_path)
+def kube(kmock: km.KubernetesEmulator, tmp_path: Path) -> Iterator[Kube]:
+    yield kube_for(kmock, tmp_path)
+    assert server_faults(kmock) == []
 
 
 def patches(mock: km.KubernetesEmulator, name: str) -> list[km.Request]:

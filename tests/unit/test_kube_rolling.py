@@ -7,7 +7,7 @@ from pathlib import Path
 
 import kmock as km
 import pytest
-from kube_support import all_evictions, allow_eviction, kube_for, node, pod, run, seed
+from kube_support import all_evictions, allow_eviction, kube_for, node, pod, run, seed, server_faults
 
 from picluster.kube.rolling import NodeSteps, RollingError, kube_steps, rolling, rolling_order
 
@@ -93,3 +93,4 @@ async def test_kube_steps_roll_a_cluster_through_the_api(kmock: km.KubernetesEmu
     assert [r.url.path for r in all_evictions(kmock)] == ["/api/v1/namespaces/default/pods/web-7d4b9-abcde/eviction"]
     assert "unschedulable" not in kmock.objects["v1/nodes", None, "node2"]["spec"]
     assert kmock.objects["v1/nodes", None, "node2"]["status"]["nodeInfo"]["kubeletVersion"] == "v1.24.4+k3s1"
+    assert server_faults(kmock) == []

@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import kmock as km
 import pytest
-from kube_support import kube_for, node, run, seed, write_kubeconfig
+from kube_support import kube_for, node, run, seed, server_faults, write_kubeconfig
 from rich.console import Console
 
 from picluster.kube import Kube
@@ -20,8 +21,9 @@ pytestmark = pytest.mark.asyncio
 
 
 @pytest.fixture
-def kube(kmock: km.KubernetesEmulator, tmp_path: Path) -> Kube:
-    return kube_for(kmock, tmp_path)
+def kube(kmock: km.KubernetesEmulator, tmp_path: Path) -> Iterator[Kube]:
+    yield kube_for(kmock, tmp_path)
+    assert server_faults(kmock) == []
 
 
 async def test_waits_until_every_node_is_ready_and_shows_progress(kmock: km.KubernetesEmulator, kube: Kube) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import kmock as km
 import pytest
-from kube_support import daemonset, deployment, kube_for, run, seed
+from kube_support import daemonset, deployment, kube_for, run, seed, server_faults
 
 from picluster.kube import Kube
 from picluster.kube.workloads import WorkloadsNotReady, workloads, workloads_ready
@@ -15,8 +16,9 @@ pytestmark = pytest.mark.asyncio
 
 
 @pytest.fixture
-def kube(kmock: km.KubernetesEmulator, tmp_path: Path) -> Kube:
-    return kube_for(kmock, tmp_path)
+def kube(kmock: km.KubernetesEmulator, tmp_path: Path) -> Iterator[Kube]:
+    yield kube_for(kmock, tmp_path)
+    assert server_faults(kmock) == []
 
 
 async def test_waits_for_workloads_in_the_named_namespaces(kmock: km.KubernetesEmulator, kube: Kube) -> None:
