@@ -33,15 +33,27 @@ def _preflight_plan(inv: Inventory) -> Callable[[Host], Sequence[AnyStep]]:
     return lambda host: [CloudInitFinished(expected_hostname=host.name)]
 
 
+def _os_plan(inv: Inventory) -> Callable[[Host], Sequence[AnyStep]]:
+    from picluster.stages.os import plan
+
+    return plan(inv)
+
+
+def _gateway_plan(inv: Inventory) -> Callable[[Host], Sequence[AnyStep]]:
+    from picluster.stages.gateway import plan
+
+    return plan(inv)
+
+
 PREFLIGHT = Stage("preflight", ("gateway", "server", "agent"),
                   "every host answers over SSH and cloud-init has finished", plan=_preflight_plan, gate="base")
 
 # Not built yet: each names the issue that builds it, and `cluster.up` reports it as skipped.
 STAGES: tuple[Stage, ...] = (
     Stage("os", ("gateway", "server", "agent"), "packages, time, kernel settings, SSH hardening",
-          gate="os", issue=5),
+          plan=_os_plan, gate="os", issue=5),
     Stage("gateway", ("gateway",), "firewall, DHCP/DNS, NTP server, external-node logging",
-          gate="gateway", issue=5),
+          plan=_gateway_plan, gate="gateway", issue=5),
     Stage("k3s", ("server", "agent"), "K3S server and agents with graceful node shutdown",
           gate="k3s", issue=6),
     Stage("apps", ("server",), "the platform's Helm releases and backups",

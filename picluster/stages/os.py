@@ -1,0 +1,153 @@
+"""The `os` stage: every Pi (gateway included) prepared for K3S, from the inventory.
+
+Cloud-init finished; hostname, /etc/hosts, time zone; snapd gone; packages; chrony (the gateway serves
+the LAN, the others follow it); cgroup flags on the kernel command line, with one reboot when they
+changed; kernel modules and sysctls for K3S; swap off; multipath kept off the disks (Longhorn); the
+data partition as LVM at /storage; SSH hardened; logind lets the kubelet delay shutdown.
+
+Steps are grouped into batches (one SSH round trip each) where their facts are independent, so a
+no-op run costs a handful of round trips per host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from picluster.inventory import Host, Inventory
+from picluster.remote import AnyStep
+from picluster.stages.preflight import CloudInitFinished
+from picluster.stages.templates import render
+from picluster.state import Apt, CmdlineArgs, Directory, File, Line, Service
+from picluster.state.batch import Batch
+from picluster.state.by_virt import FileByVirt
+from picluster.state.hostname import Hostname
+from picluster.state.reboot import AwaitBoot, Reboot
+from picluster.state.shared_kernel import ModuleLoaded, SysctlSet
+from picluster.state.snaps import SnapsRemoved
+from picluster.state.sshd import SshdHardening
+from picluster.state.storage import DataVolume
+from picluster.state.swap import SwapOff
+from picluster.state.timezone import Timezone
+
+# What the stage's own steps need; the inventory's `packages` var adds to it.
+BASE_PACKAGES = ("chrony", "fake-hwclock", "open-iscsi", "nfs-common", "lvm2")
+CGROUP_ARGS = ("cgroup_enable=cpuset", "cgroup_memory=1", "cgroup_enable=memory")
+MODULES = ("br_netfilter", "overlay", "iscsi_tcp")
+SYSCTLS: tuple[tuple[str, int], ...] = (
+    ("net.ipv4.ip_forward", 1),
+    ("net.ipv6.conf.all.forwarding", 1),
+    ("net.bridge.bridge-nf-call-iptables", 1),
+    ("net.bridge.bridge-nf-call-ip6tables", 1),
+    ("fs.inotify.max_user_instances", 512),
+    ("fs.inotify.max_user_watches", 256000),
+)
+# The gateway's NTP upstream when the inventory names none (the reference used the Ubuntu pool).
+NTP_UPSTREAM = ("pool.ntp.org",)
+
+CHRONY_CONF = "/etc/chrony/chrony.conf"
+CHRONY_DEFAULT = "/etc/default/chrony"
+CHRONY_DROPIN_DIR = "/etc/systemd/system/chrony.service.d"
+CHRONY_DROPIN = f"{CHRONY_DROPIN_DIR}/picluster.conf"
+MULTIPATH_CONF = "/etc/multipath.conf"
+LOGIND_DIR = "/etc/systemd/logind.conf.d"
+# Drop-ins merge in file-name order across /etc and /usr/lib, the last one wins: ours sorts after
+# unattended-upgrades' own (InhibitDelayMaxSec=30) and after the kubelet's 99-kubelet.conf.
+UNATTENDED_UPGRADES_DROPIN = "unattended-upgrades-logind-maxdelay.conf"
+LOGIND_DROPIN = f"{LOGIND_DIR}/zz-picluster-inhibit-delay.conf"
+DATA_VG, DATA_LV, DATA_MOUNT = "vg_local", "lv_storage", "/storage"
+
+
+def packages(host: Host) -> list[str]:
+    """Return the packages the os stage installs on `host`: the stage's own, then the inventory's."""
+    out = list(BASE_PACKAGES)
+    out += [p for p in host.vars["packages"] if p not in out]
+    return out
+
+
+def fqdn(inv: Inventory, host: Host) -> str:
+    """Return the host's fully qualified name in the cluster's domain."""
+    return f"{host.name}.{inv.cluster.domain}"
+
+
+def chrony_conf(inv: Inventory, host: Host) -> str:
+    """Return chrony.conf: the gateway serves the LAN from its upstream, the others follow the gateway."""
+    ntp = inv.cluster.services.get("ntp", inv.cluster.lan.gateway)
+    return render("chrony.conf.j2", inventory_path=inv.path.name, serve=host.role == "gateway",
+                  upstream=host.vars.get("ntp_upstream", NTP_UPSTREAM), lan_net=str(inv.cluster.lan.cidr),
+                  server=str(ntp), own_clock=True)
+
+
+def chrony_default(container: str) -> str:
+    """Return /etc/default/chrony: in a container chronyd must not set the (host's) clock."""
+    return render("chrony-default.j2", own_clock=not container, container=container)
+
+
+def chrony_dropin(container: str) -> str:
+    """Return chrony.service's drop-in: in a container, lift its CAP_SYS_TIME condition (chronyd runs -x)."""
+    if not container:
+        return "# Managed by picluster (os stage): this host owns its clock; nothing to override.\n"
+    return ("# Managed by picluster (os stage): this host is a container without CAP_SYS_TIME; chronyd runs\n"
+            "# with -x (see /etc/default/chrony) and needs no clock capability.\n[Unit]\nConditionCapability=\n")
+
+
+def logind_dropin(host: Host) -> str:
+    """Return the logind drop-in: InhibitDelayMaxSec = the kubelet's shutdown grace period."""
+    grace = int(host.vars["kubelet_shutdown_grace_period"])
+    return render("logind-inhibit.conf.j2", grace=grace, delay=grace, after=UNATTENDED_UPGRADES_DROPIN)
+
+
+def sshd_dropin(inv: Inventory) -> str:
+    """Return the SSH hardening drop-in (root keeps key-only login when picluster itself connects as root)."""
+    user = inv.cluster.automation_user
+    return render("sshd-hardening.conf.j2", user=user, root_login="prohibit-password" if user == "root" else "no")
+
+
+def automation_keys(inv: Inventory) -> list[str]:
+    """Return the public keys of the user picluster connects as."""
+    user = next(u for u in inv.cluster.admin_users if u.name == inv.cluster.automation_user)
+    return user.public_keys()
+
+
+def host_steps(inv: Inventory, host: Host) -> list[AnyStep]:
+    """Return the os stage's steps for one host, in order."""
+    steps: list[AnyStep] = [
+        CloudInitFinished(expected_hostname=host.name),
+        Batch("hostname, /etc/hosts, time zone", [
+            Hostname(host.name),
+            Line("/etc/hosts", f"127.0.1.1 {fqdn(inv, host)} {host.name}", regex=r"^127\.0\.1\.1\s"),
+            Timezone(host.vars["timezone"]),
+        ]),
+        SnapsRemoved(),
+        Apt(packages(host)),
+        CmdlineArgs(list(CGROUP_ARGS)),
+        Reboot(),
+        AwaitBoot(host),
+        Batch("kernel modules and sysctls", [
+            *(ModuleLoaded(m) for m in MODULES),
+            *(SysctlSet(key, value) for key, value in SYSCTLS),
+        ]),
+        SwapOff(),
+        Batch("chrony, multipath, logind files", [
+            File(CHRONY_CONF, chrony_conf(inv, host)),
+            FileByVirt(CHRONY_DEFAULT, chrony_default),
+            Directory(CHRONY_DROPIN_DIR),
+            FileByVirt(CHRONY_DROPIN, chrony_dropin),
+            File(MULTIPATH_CONF, render("multipath.conf.j2")),
+            Directory(LOGIND_DIR),
+            File(LOGIND_DROPIN, logind_dropin(host)),
+        ]),
+        Batch("chrony, multipathd, logind services", [
+            Service("chrony", enabled=True, running=True, restart_on=[CHRONY_CONF, CHRONY_DEFAULT, CHRONY_DROPIN]),
+            Service("multipathd", restart_on=[MULTIPATH_CONF]),
+            Service("systemd-logind", restart_on=[LOGIND_DROPIN]),
+        ]),
+    ]
+    if host.data_partition is not None:
+        steps.append(DataVolume(host.data_partition.device, vg=DATA_VG, lv=DATA_LV, mountpoint=DATA_MOUNT))
+    steps.append(SshdHardening(sshd_dropin(inv), user=inv.cluster.automation_user, keys=automation_keys(inv)))
+    return steps
+
+
+def plan(inv: Inventory) -> Callable[[Host], Sequence[AnyStep]]:
+    """Return the planner `cluster.up` and `os.apply` give the runner."""
+    return lambda host: host_steps(inv, host)
