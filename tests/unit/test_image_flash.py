@@ -241,7 +241,7 @@ def test_catalog_entry_without_sha256_needs_one(tmp_path: Path, built: BuiltImag
     catalog = tmp_path / "images.yml"
     catalog.write_text("default: x\nimages:\n  x: {url: 'https://example.invalid/x.img.xz', sha256: null}\n")
     out = tmp_path / "node1.img"
-    with pytest.raises(ImageError, match="no sha256 .* pass --sha256"):
+    with pytest.raises(ImageError, match=r"no sha256 .* pass --sha256"):
         run(inv, "node1", Options(cache=tmp_path / "cache", catalog=catalog), output=str(out))
     assert not out.exists()
 

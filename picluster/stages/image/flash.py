@@ -122,6 +122,12 @@ def _check_output(path: Path, size: int) -> None:
         raise ImageError(f"--output {path}: {free} bytes free in {path.parent}, the image needs {size}")
 
 
+def _refuse(facts: DeviceFacts, size: int, force: bool) -> None:
+    reasons = refusals(facts, size, force)
+    if reasons:
+        raise ImageError(f"refusing to write {facts.path}: {'; '.join(reasons)}")
+
+
 def flash(inv: Inventory, host: Host, *, device: str | None, output: str | None, opts: Options,
           inspector: Inspector, progress: Progress, confirm: Callable[[str], bool],
           session: Any = None) -> Report:
@@ -131,16 +137,19 @@ def flash(inv: Inventory, host: Host, *, device: str | None, output: str | None,
     entry = resolve_image(inv, host, opts)
     folder = seed_dir(opts.cache, inv, host)
     seed = render(inv, host, folder)
+    # What can be refused without the image is refused before the download.
+    facts = inspect(device, inspector) if device is not None else None
+    if facts is not None:
+        _refuse(facts, 0, opts.force)
+    elif output is not None:
+        _check_output(Path(output), 0)
     local = fetch(entry, opts.cache / "images", progress, session)
     source = ImageSource.open(local)
     find_boot(source.read_at, f"image {local.name}")
 
-    facts = None
-    if device is not None:
-        facts = inspect(device, inspector)
-        reasons = refusals(facts, source.size, opts.force)
-        if reasons:
-            raise ImageError(f"refusing to write {device}: {'; '.join(reasons)}")
+    if facts is not None:
+        assert device is not None
+        _refuse(facts, source.size, opts.force)
         if not opts.yes and not confirm(
                 f"Write {entry.name} ({source.size} bytes) to {facts.describe()}? Everything on it is lost."):
             raise ImageError(f"not confirmed; nothing was written to {device}", code=1)

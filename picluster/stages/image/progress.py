@@ -75,4 +75,4 @@ class RichProgress:
             self._bar = None
 
     def note(self, line: str) -> None:
-        self.console.print(line, highlight=False, markup=False)
+        self.console.print(line, highlight=False, markup=False, soft_wrap=True)
