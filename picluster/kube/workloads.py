@@ -100,7 +100,7 @@ def workloads(kube: Kube, namespaces: Iterable[str] | None = None) -> list[Workl
 def workloads_ready(
     kube: Kube,
     namespaces: Iterable[str] | None,
-    timeout: float,
+    timeout: float = 600.0,
     *,
     interval: float = 2.0,
     console: Console | None = None,

@@ -192,7 +192,3 @@ def refuse_eviction(mock: km.KubernetesEmulator, namespace: str, name: str, budg
     """Answer every eviction of this pod with 429: its PodDisruptionBudget never allows it."""
     evictions(mock, namespace, name) << 429 << pdb_refusal(budget)
 
-
-def later(seconds: float, fn: Callable[[], object]) -> None:
-    """Change the mock's state after a delay, as a controller or kubelet would."""
-    asyncio.get_running_loop().call_later(seconds, fn)

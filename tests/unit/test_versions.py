@@ -117,10 +117,21 @@ def test_problems_are_one_line_naming_the_key(tmp_path: Path, mutate, expected: 
     assert "\n" not in str(err.value)
 
 
+def invoke(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(Path(sys.executable).with_name("invoke")), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+
+
+def test_invoke_versions_refuses_a_bad_file_in_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, lambda d: d["charts"]["longhorn"].update(version="latest"))
+    out = invoke("versions", "--file", str(path))
+    assert out.returncode == 2
+    assert out.stderr.strip() == (f"error: {path}: charts.longhorn.version: 'latest' is not a pinned version; "
+                                  "write the exact version")
+
+
 def test_invoke_versions_prints_the_release_table() -> None:
-    invoke = str(Path(sys.executable).with_name("invoke"))
-    out = subprocess.run([invoke, "versions", "--repos"], cwd=REPO, capture_output=True, text=True, timeout=60,
-                         env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    out = invoke("versions", "--repos")
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert "K3S pinned at v1.24.3+k3s1" in text
