@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,17 +16,20 @@ from fabric import Config
 from picluster.inventory import SshTarget
 from picluster.remote import (
     AnyStep,
+    Command,
+    HostRun,
     ProbeOutput,
     StageFailed,
     StageResult,
     connect,
     run_stage,
+    run_steps,
 )
 from picluster.remote.execute import Executor, split_probes, wrap
 from picluster.state import CmdlineArgs, Directory, File, KernelModule, Line, Sysctl
 
 if TYPE_CHECKING:
-    from conftest import LocalShell, Sshd
+    from conftest import FakeTools, LocalShell, Sshd
 
 
 @dataclass(frozen=True)
@@ -197,3 +201,17 @@ def test_a_plan_that_raises_fails_only_its_host(sshd: Sshd, tmp_path: Path) -> N
     result: StageResult = run_stage("plan", nodes, plan, check=False, parallel=1)
     assert [h.status for h in result.hosts] == ["failed", "ok"]
     assert result.hosts[0].message == "planning the steps failed: KeyError: 'ssh_port'"
+
+
+def test_sudo_n_wrapping_keeps_hostile_scripts_intact(
+    local: LocalShell, fake_tools: FakeTools, tmp_path: Path
+) -> None:
+    sudo = fake_tools.bin / "sudo"
+    sudo.write_text('#!/bin/sh\n[ "$1" = -n ] || exit 99\nshift\nexec "$@"\n')
+    sudo.chmod(0o755)
+    target = tmp_path / "it's $(here) `x`"
+    Executor(local.context, sudo=True).run(Command(f"printf '%s' \"$0\" > {shlex.quote(str(target))}"))
+    assert target.read_text() == "sh"
+    step = File(str(target), "ok\n", owner=None, group=None)
+    (result,) = run_steps(local.context, [step], sudo=True, dry_run=False, run=HostRun())
+    assert result.status == "changed" and target.read_text() == "ok\n"
