@@ -73,5 +73,9 @@ def test_a_real_user_with_a_hostile_shell(local: LocalShell) -> None:
         assert not os.path.exists("/PWNED")
         (again,) = local.apply([User(name, groups=["adm"], login_shell=shell)])
         assert again.reason == f"user {name} exists, shell {shell}, in groups adm"
+        (more,) = local.apply([User(name, groups=["users"], login_shell="/bin/sh")])
+        assert more.status == "changed", more
+        groups = subprocess.run(["id", "-nG", name], capture_output=True, text=True, check=True).stdout.split()
+        assert {"adm", "users"} <= set(groups)
     finally:
         subprocess.run(["userdel", "-r", name], capture_output=True, check=False)
