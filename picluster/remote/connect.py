@@ -78,23 +78,35 @@ def connect(
     conn.client = client
     try:
         conn.open()
-    except paramiko.BadHostKeyException as e:
-        raise Unreachable(
+    except Exception as e:
+        client.close()
+        raise Unreachable(_explain(e, label, conn, path)) from e
+    return conn
+
+
+def _explain(e: Exception, label: str, conn: Connection, path: Path) -> str:
+    """Say in plain words why connecting failed, and what to do."""
+    where = f"{conn.user}@{conn.host}:{conn.port}"
+    if isinstance(e, paramiko.BadHostKeyException):
+        return (
             f"{label}: the host key of {e.hostname} CHANGED (got {e.key.get_name()} "
             f"{e.key.get_fingerprint().hex()}, {path} has {e.expected_key.get_fingerprint().hex()}); "
             f"refusing to connect. If the host was reinstalled, remove its old line with "
             f"`ssh-keygen -R {e.hostname} -f {path}` and connect again with first contact."
-        ) from e
-    except paramiko.SSHException as e:
-        if "not found in known_hosts" in str(e):
-            raise Unreachable(
-                f"{label}: the host key of {conn.host}:{conn.port} is not in {path}; refusing to connect. "
-                f"Pin it (cloud-init seeds it) or run once with first contact to record it."
-            ) from e
-        raise Unreachable(f"{label}: SSH to {conn.user}@{conn.host}:{conn.port} failed: {e}") from e
-    except OSError as e:
-        raise Unreachable(
+        )
+    if isinstance(e, paramiko.AuthenticationException):
+        return (
+            f"{label}: {where} refused our keys ({e}); check the user and the key "
+            f"(the inventory's ssh_key_file, ~/.ssh/config or the SSH agent)."
+        )
+    if isinstance(e, paramiko.SSHException) and "not found in known_hosts" in str(e):
+        return (
+            f"{label}: the host key of {conn.host}:{conn.port} is not in {path}; refusing to connect. "
+            f"Pin it (cloud-init seeds it) or run once with first contact to record it."
+        )
+    if isinstance(e, OSError):
+        return (
             f"{label}: cannot reach {conn.host}:{conn.port} ({e}); check the host is powered on "
             f"and on the network, and its address in the inventory."
-        ) from e
-    return conn
+        )
+    return f"{label}: SSH to {where} failed: {type(e).__name__}: {e}"

@@ -11,7 +11,7 @@ from fabric import Config
 
 from picluster.remote.connect import DEFAULT_TIMEOUT, Unreachable, connect
 from picluster.remote.execute import run_steps
-from picluster.remote.results import HostResult, StageFailed, StageResult
+from picluster.remote.results import HostResult, HostStatus, StageFailed, StageResult, StepResult
 from picluster.remote.step import NEEDS_REBOOT, AnyStep, HostRun
 from picluster.remote.target import HostLike
 
@@ -30,9 +30,11 @@ def run_host(
     """Connect to one host and run its planned steps; never raises."""
     start = time.monotonic()
 
-    def done(status: str, **kw: object) -> HostResult:
-        return HostResult(host.name, status, time.monotonic() - start, **kw)  # type: ignore[arg-type]
+    def done(status: HostStatus, message: str = "", steps: list[StepResult] | None = None) -> HostResult:
+        took = time.monotonic() - start
+        return HostResult(host.name, status, took, steps or [], message, NEEDS_REBOOT in run.marks)
 
+    run = HostRun()
     try:
         steps = list(plan(host))
     except Exception as e:  # NOTE: reported as this host's failure
@@ -41,14 +43,13 @@ def run_host(
         conn = connect(host.ssh, name=host.name, first_contact=first_contact, timeout=timeout, config=config)
     except Unreachable as e:
         return done("unreachable", message=str(e))
-    run = HostRun()
     try:
         results = run_steps(conn, steps, sudo=conn.user != "root", dry_run=dry_run, run=run)
     finally:
         conn.close()
     statuses = {r.status for r in results}
-    status = "failed" if "failed" in statuses else "changed" if "changed" in statuses else "ok"
-    return done(status, steps=results, needs_reboot=NEEDS_REBOOT in run.marks)
+    status: HostStatus = "failed" if "failed" in statuses else "changed" if "changed" in statuses else "ok"
+    return done(status, steps=results)
 
 
 def run_stage(

@@ -215,3 +215,12 @@ def test_sudo_n_wrapping_keeps_hostile_scripts_intact(
     step = File(str(target), "ok\n", owner=None, group=None)
     (result,) = run_steps(local.context, [step], sudo=True, dry_run=False, run=HostRun())
     assert result.status == "changed" and target.read_text() == "ok\n"
+
+
+def test_a_refused_key_is_unreachable_with_what_to_check(sshd: Sshd, tmp_path: Path) -> None:
+    sshd.other_key(tmp_path / "wrong_key")
+    known = sshd.known_hosts(tmp_path / "known_hosts")
+    target = SshTarget("127.0.0.1", sshd.ports[0], sshd.user, tmp_path / "wrong_key", known)
+    result = run_stage("auth", [Node("node3", target)], lambda n: [], check=False)
+    assert result.hosts[0].status == "unreachable"
+    assert result.hosts[0].message.startswith(f"node3: {sshd.user}@127.0.0.1:{sshd.ports[0]} refused our keys")
