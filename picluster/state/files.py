@@ -57,6 +57,9 @@ class FileFacts:
 class File:
     """Ensure a file has this content, mode, owner and group (None leaves an attribute unmanaged).
 
+    The file is replaced atomically (a symbolic link at `path` becomes a regular file); with
+    `mode=None` a new file gets 0600 and an existing one keeps its mode.
+
     + content: the bytes or text to hold (render templates before passing them)
     + secret: never show the content in diffs or results; compared by sha256 only
 
@@ -154,7 +157,9 @@ class Line:
 
     + regex: Python regex searched in each line; default: the exact line
     + present: False removes the matching lines
-    + mode/owner/group: used only when the file has to be created
+    + mode/owner/group: used only when the file has to be created (an existing file keeps its own)
+
+    The file is rewritten atomically; not for secret files (the diff shows their lines).
 
     Example: ``Line("/etc/ssh/sshd_config", "PasswordAuthentication no", regex=r"^#?PasswordAuthentication")``
     """
