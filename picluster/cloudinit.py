@@ -120,7 +120,9 @@ def network_config(inv: Inventory, host: Host, *, static_lan: bool = False,
     ethernets: dict[str, Any] = {}
     wifis: dict[str, Any] = {}
     if host.role == "gateway" or static_lan:
-        eth0: dict[str, Any] = {"dhcp4": False, "addresses": [address]}
+        # The inventory's MAC, stated: a no-op on a Pi's own NIC, and it keeps a lab node's veth
+        # (which systemd would otherwise give a generated address) on the MAC the LAN expects.
+        eth0: dict[str, Any] = {"dhcp4": False, "macaddress": host.mac, "addresses": [address]}
         if host.role != "gateway":
             eth0["routes"] = [{"to": "0.0.0.0/0", "via": str(lan.gateway)}]
             dns = inv.cluster.services.get("dns")

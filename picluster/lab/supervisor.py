@@ -37,6 +37,64 @@ def nspawn_argv(cfg: dict[str, Any]) -> list[str]:
     ]
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# Hierarchies a node gets a cgroup of its own in: systemd's (so the node's systemd owns a subtree
+# instead of sharing one with the other nodes) and memory (so a node's memory can be read).
+_CGROUP_MOUNTS = {"name=systemd": "systemd", "": "unified", "memory": "memory", "pids": "pids"}
+
+
+def cgroup_dirs(name: str) -> list[Path]:
+    """Where this process's per-node cgroups go: <its cgroup>/<name> in each hierarchy we use."""
+    dirs = []
+    for line in Path("/proc/self/cgroup").read_text(encoding="utf-8").splitlines():
+        _, controllers, path = line.split(":", 2)
+        mount = _CGROUP_MOUNTS.get(controllers)
+        if mount is None:
+            continue
+        if controllers == "" and not (CGROUP_ROOT / "unified").is_dir():
+            mount = ""  # pure cgroup v2: the hierarchy is mounted at the root
+        base = CGROUP_ROOT / mount if mount else CGROUP_ROOT
+        if base.is_dir():
+            dirs.append(base / path.lstrip("/") / name)
+    return dirs
+
+
+def enter_cgroups(name: str) -> list[Path]:
+    """Move this process (and so the node it starts) into a cgroup of its own per hierarchy.
+
+    Without this every node, started from one supervisor cgroup, would share it with the others, and
+    their systemds would race creating and removing the same sub-cgroups (units then fail with
+    219/CGROUP).
+    """
+    entered = []
+    for d in cgroup_dirs(name):
+        try:
+            d.mkdir(exist_ok=True)
+            (d / "cgroup.procs").write_text(str(os.getpid()), encoding="utf-8")
+            entered.append(d)
+        except OSError:
+            continue
+    return entered
+
+
+def remove_cgroups(dirs: list[Path]) -> None:
+    """Leave our cgroups for their parents and remove them, deepest first (they must be empty)."""
+    for d in dirs:
+        try:
+            (d.parent / "cgroup.procs").write_text(str(os.getpid()), encoding="utf-8")
+        except OSError:
+            pass
+        for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            try:
+                sub.rmdir()
+            except OSError:
+                pass
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+
+
 def _write_state(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -63,6 +121,7 @@ def main(config_path: str) -> int:
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
+    cgroups = enter_cgroups(cfg["machine"])
     merged = cfg["merged"]
     options = f"lowerdir={cfg['lower']},upperdir={cfg['upper']},workdir={cfg['work']}"
     mounted = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, merged],
@@ -104,6 +163,7 @@ def main(config_path: str) -> int:
     finally:
         console.close()
         subprocess.run(["umount", merged], capture_output=True, timeout=30, check=False)
+        remove_cgroups(cgroups)
         state.update(state="stopped", nspawn_pid=None, stopped=time.time())
         _write_state(state_path, state)
     return 0
