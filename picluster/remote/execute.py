@@ -10,11 +10,13 @@ import time
 from collections.abc import Iterable, Mapping
 
 from invoke.context import Context
+from invoke.exceptions import CommandTimedOut
 
 from picluster.remote.results import CommandError, StepResult, StepStatus
 from picluster.remote.step import AnyStep, Change, Command, HostRun, Ok, ProbeOutput, StepError
 
 STDERR_LINES = 10
+KILL_AFTER = 5  # seconds between TERM and KILL when a command times out on the host
 CHUNK = 65536
 
 
@@ -41,9 +43,15 @@ class CommandFailed(Exception):
         self.error = error
 
 
-def wrap(script: str, *, sudo: bool) -> str:
-    """Return the command line that runs `script` with POSIX sh, as root through `sudo -n` if asked."""
+def wrap(script: str, *, sudo: bool, timeout: float | None = None) -> str:
+    """Return the command line that runs `script` with POSIX sh, as root through `sudo -n` if asked.
+
+    With `timeout`, coreutils `timeout` stops the script on the host itself (exit code 124), since
+    closing the SSH channel would leave it running there.
+    """
     line = "sh -c " + shlex.quote(script)
+    if timeout is not None:
+        line = f"timeout -k {KILL_AFTER} {timeout:g} {line}"
     return "sudo -n " + line if sudo else line
 
 
@@ -68,22 +76,31 @@ def split_probes(stdout: str, names: list[str], nonce: str) -> dict[str, ProbeOu
 class Executor:
     """Reads facts and applies commands on one host; the only place a step's commands run."""
 
-    def __init__(self, c: Context, *, sudo: bool) -> None:
+    def __init__(self, c: Context, *, sudo: bool, command_timeout: float | None = None) -> None:
         self.c = c
         self.sudo = sudo
+        self.command_timeout = command_timeout
 
     def run(self, command: Command) -> tuple[str, str]:
         """Run one command; return (stdout, stderr) or raise `CommandFailed`."""
-        result = self.c.run(
-            wrap(command.script, sudo=self.sudo),
-            hide=True,
-            warn=True,
-            pty=False,
-            in_stream=_Stdin(command.stdin or b""),
-        )
+        limit = self.command_timeout
+        try:
+            result = self.c.run(
+                wrap(command.script, sudo=self.sudo, timeout=limit),
+                hide=True,
+                warn=True,
+                pty=False,
+                # NOTE: a safety net only, for a host that stops answering; `timeout` on the host acts first
+                timeout=None if limit is None else limit + KILL_AFTER + 10,
+                in_stream=_Stdin(command.stdin or b""),
+            )
+        except CommandTimedOut as e:
+            raise CommandFailed(CommandError(command.script, -1, f"no answer from the host after {e.timeout} s")) from e
         assert result is not None  # NOTE: only disown=True returns None
         if result.exited != 0:
             tail = "\n".join(result.stderr.rstrip().splitlines()[-STDERR_LINES:])
+            if limit is not None and result.exited in (124, 137):
+                tail = (tail + "\n" if tail else "") + f"stopped: still running after {limit:g} s"
             raise CommandFailed(CommandError(command.script, result.exited, tail))
         return result.stdout, result.stderr
 
@@ -134,11 +151,20 @@ def run_step(ex: Executor, step: AnyStep, run: HostRun, *, dry_run: bool) -> Ste
     )
 
 
-def run_steps(c: Context, steps: Iterable[AnyStep], *, sudo: bool, dry_run: bool, run: HostRun) -> list[
-    StepResult
-]:
-    """Run `steps` in order on one host; stop after the first failed step."""
-    ex = Executor(c, sudo=sudo)
+def run_steps(
+    c: Context,
+    steps: Iterable[AnyStep],
+    *,
+    sudo: bool,
+    dry_run: bool,
+    run: HostRun,
+    command_timeout: float | None = None,
+) -> list[StepResult]:
+    """Run `steps` in order on one host; stop after the first failed step.
+
+    A command running longer than `command_timeout` seconds is stopped and fails its step.
+    """
+    ex = Executor(c, sudo=sudo, command_timeout=command_timeout)
     results: list[StepResult] = []
     for step in steps:
         results.append(run_step(ex, step, run, dry_run=dry_run))

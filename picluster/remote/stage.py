@@ -25,6 +25,7 @@ def run_host(
     dry_run: bool = False,
     first_contact: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
+    command_timeout: float | None = None,
     config: Config | None = None,
 ) -> HostResult:
     """Connect to one host and run its planned steps; never raises."""
@@ -44,7 +45,8 @@ def run_host(
     except Unreachable as e:
         return done("unreachable", message=str(e))
     try:
-        results = run_steps(conn, steps, sudo=conn.user != "root", dry_run=dry_run, run=run)
+        sudo = conn.user != "root"
+        results = run_steps(conn, steps, sudo=sudo, dry_run=dry_run, run=run, command_timeout=command_timeout)
     finally:
         conn.close()
     statuses = {r.status for r in results}
@@ -61,12 +63,14 @@ def run_stage(
     parallel: int = 10,
     first_contact: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
+    command_timeout: float | None = None,
     config: Config | None = None,
     on_host_done: Callable[[HostResult], None] | None = None,
     check: bool = True,
 ) -> StageResult:
     """Run stage `name` on `hosts` (at most `parallel` at once); `plan(host)` gives each host's steps.
 
+    `timeout` bounds connecting; `command_timeout` (default: none) bounds each command.
     Every host runs to its end whatever the others do. With `check` (the default), raise one
     `StageFailed` at the end if any host failed or was unreachable; it carries the full result.
     """
@@ -74,7 +78,13 @@ def run_stage(
 
     def one(host: H) -> HostResult:
         result = run_host(
-            host, plan, dry_run=dry_run, first_contact=first_contact, timeout=timeout, config=config
+            host,
+            plan,
+            dry_run=dry_run,
+            first_contact=first_contact,
+            timeout=timeout,
+            command_timeout=command_timeout,
+            config=config,
         )
         if on_host_done is not None:
             on_host_done(result)

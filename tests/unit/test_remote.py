@@ -16,6 +16,7 @@ from fabric import Config
 from picluster.inventory import SshTarget
 from picluster.remote import (
     AnyStep,
+    Change,
     Command,
     HostRun,
     ProbeOutput,
@@ -43,6 +44,7 @@ class Node:
 def test_wrap_runs_scripts_with_sh_and_sudo_n_for_non_root() -> None:
     assert wrap("echo 'a b'", sudo=False) == "sh -c 'echo '\"'\"'a b'\"'\"''"
     assert wrap("true", sudo=True) == "sudo -n sh -c true"
+    assert wrap("true", sudo=True, timeout=1.5) == "sudo -n timeout -k 5 1.5 sh -c true"
 
 
 def test_probes_come_back_exact_in_one_round_trip(local: LocalShell) -> None:
@@ -224,3 +226,29 @@ def test_a_refused_key_is_unreachable_with_what_to_check(sshd: Sshd, tmp_path: P
     result = run_stage("auth", [Node("node3", target)], lambda n: [], check=False)
     assert result.hosts[0].status == "unreachable"
     assert result.hosts[0].message.startswith(f"node3: {sshd.user}@127.0.0.1:{sshd.ports[0]} refused our keys")
+
+
+@dataclass(frozen=True)
+class Slow:
+    """A step whose change never finishes in time."""
+
+    name: str = "slow"
+
+    def probes(self) -> dict[str, str]:
+        return {}
+
+    def parse(self, outputs: object, marks: frozenset[str]) -> None:
+        return None
+
+    def decide(self, facts: None) -> Change:
+        return Change("wait", [Command("sleep 20")])
+
+
+def test_a_command_past_its_timeout_fails_its_step(sshd: Sshd, tmp_path: Path) -> None:
+    known = sshd.known_hosts(tmp_path / "known_hosts")
+    node = Node("slowpoke", sshd.target(sshd.ports[0], known))
+    result = run_stage("slow", [node], lambda n: [Slow()], command_timeout=0.5, check=False)
+    (step,) = result.hosts[0].steps
+    assert step.status == "failed" and step.error is not None
+    assert (step.error.exit_code, step.error.stderr_tail) == (124, "stopped: still running after 0.5 s")
+    assert result.hosts[0].duration < 10
