@@ -2,7 +2,15 @@
 
 from picluster.remote.connect import Unreachable, connect
 from picluster.remote.execute import Executor, run_steps
-from picluster.remote.results import CommandError, HostResult, StageFailed, StageResult, StepResult
+from picluster.remote.results import (
+    CommandError,
+    HostResult,
+    HostStatus,
+    StageFailed,
+    StageResult,
+    StepResult,
+    StepStatus,
+)
 from picluster.remote.stage import run_host, run_stage
 from picluster.remote.step import (
     APT_UPDATED,
@@ -34,6 +42,7 @@ __all__ = [
     "HostLike",
     "HostResult",
     "HostRun",
+    "HostStatus",
     "Ok",
     "ProbeOutput",
     "SshTargetLike",
@@ -42,6 +51,7 @@ __all__ = [
     "Step",
     "StepError",
     "StepResult",
+    "StepStatus",
     "Unreachable",
     "changed_mark",
     "connect",

@@ -65,7 +65,7 @@ def probe_script(commands: Iterable[str], nonce: str) -> str:
 
 def split_probes(stdout: str, names: list[str], nonce: str) -> dict[str, ProbeOutput] | None:
     """Split `probe_script` output back into one `ProbeOutput` per name; None if it is malformed."""
-    pieces = re.split(rf"\n{nonce} (\d+)\n", stdout)
+    pieces = re.split(rf"\n{re.escape(nonce)} (\d+)\n", stdout)
     if len(pieces) != 2 * len(names) + 1 or pieces[-1]:
         return None
     return {
