@@ -32,6 +32,9 @@ INVENTORY_ENV = "PICLUSTER_LAB_INVENTORY"
 BOOT_TIMEOUT = 180.0     # first boot of every node, cloud-init included, until SSH answers
 STOP_GRACE = 8.0         # a node's clean shutdown before it is killed
 SUPERVISOR_MODULE = "picluster.lab.supervisor"
+# `systemctl is-system-running` once a node has booted. "degraded" (some unit failed) still counts:
+# a container cannot do everything a Pi does, and the stages' own checks say what is missing.
+READY_STATES = ("running", "degraded")
 
 
 def default_inventory_path() -> Path:
@@ -207,7 +210,7 @@ class Lab:
     # --- waiting for SSH -----------------------------------------------------------------------------
 
     def _ssh_probe(self, h: Host) -> bool:
-        """True once `h` accepts the automation user's key over SSH with its pinned host key."""
+        """True once `h` has booted and accepts the automation user's key with its pinned host key."""
         import paramiko
 
         t = h.ssh
@@ -223,8 +226,9 @@ class Lab:
             client.connect(t.address, port=t.port, username=t.user, key_filename=str(t.key_file),
                            timeout=3, banner_timeout=5, auth_timeout=5, look_for_keys=False,
                            allow_agent=False)
-            _, out, _ = client.exec_command("true", timeout=5)
-            return out.channel.recv_exit_status() == 0
+            # Ready means booted: cloud-init's later stages restart sshd, so an early answer is not enough.
+            _, out, _ = client.exec_command("systemctl is-system-running", timeout=5)
+            return out.read().decode().strip() in READY_STATES
         except paramiko.BadHostKeyException:
             raise LabError(f"{h.name} ({t.address}) presented a host key other than its pinned one in "
                            f"{t.known_hosts}; run `invoke lab.down` and `invoke lab.up`") from None
