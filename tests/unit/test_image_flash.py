@@ -179,7 +179,8 @@ def test_gateway_gets_static_lan_and_wifi_with_its_secret_kept_private(tmp_path:
     out = tmp_path / "gw.img"
     run(inv, "gateway", options(tmp_path, built, base_url), output=str(out))
     nc = yaml.safe_load(fat(out).read("network-config") or b"")
-    assert nc["ethernets"]["eth0"] == {"dhcp4": False, "addresses": ["10.0.0.1/24"]}
+    eth0 = nc["ethernets"]["eth0"]
+    assert eth0["dhcp4"] is False and eth0["addresses"] == ["10.0.0.1/24"]
     assert nc["wifis"]["wlan0"]["access-points"] == {"homelab": {"password": "correct horse battery"}}
     folder = seed_dir(tmp_path / "cache", inv, inv.hosts["gateway"])
     assert stat.S_IMODE((folder / "network-config").stat().st_mode) == 0o600

@@ -28,7 +28,7 @@ class Written:
     sha256: str
 
 
-def _blocks(source: ImageSource, out: queue.Queue[bytes | BaseException | None],
+def _blocks(source: ImageSource, out: queue.Queue[bytes | bytearray | BaseException | None],
             stop: threading.Event) -> None:
     """Fill `out` with BLOCK-sized pieces of the image (the last may be shorter), then None."""
     try:
@@ -36,6 +36,9 @@ def _blocks(source: ImageSource, out: queue.Queue[bytes | BaseException | None],
         for chunk in source.chunks(BLOCK):
             if stop.is_set():
                 return
+            if not buf and len(chunk) == BLOCK:
+                out.put(chunk)      # the common case with the xz program: no copy
+                continue
             buf += chunk
             while len(buf) >= BLOCK:
                 out.put(bytes(buf[:BLOCK]))
@@ -54,7 +57,7 @@ def write_image(source: ImageSource, target: str, progress: Progress, *, create:
         fd = os.open(target, flags, 0o644)
     except OSError as err:
         raise ImageError(f"cannot open {target} for writing: {err.strerror}", code=1) from None
-    pieces: queue.Queue[bytes | BaseException | None] = queue.Queue(QUEUE_BLOCKS)
+    pieces: queue.Queue[bytes | bytearray | BaseException | None] = queue.Queue(QUEUE_BLOCKS)
     stop = threading.Event()
     worker = threading.Thread(target=_blocks, args=(source, pieces, stop), daemon=True, name="decompress")
     h = hashlib.sha256()
