@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from picluster.remote.results import HostResult, StageResult
 
@@ -80,5 +82,15 @@ def print_stage(result: StageResult, *, verbose: bool = False, console: Console 
 
 def write_json(path: str | Path, results: Sequence[StageResult]) -> None:
     """Write the results (per stage, host and step: status, reason, diff, duration) as JSON."""
-    data = {"stages": [r.to_dict() for r in results]}
-    Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_report(path, {"stages": [r.to_dict() for r in results]})
+
+
+def write_report(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
+    """Write `data` as JSON atomically: a reader never sees half a report."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False, default=str)
+        f.write("\n")
+    os.replace(tmp, target)

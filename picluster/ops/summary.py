@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -15,6 +10,7 @@ from rich.table import Table
 
 from picluster.ops.up import UpRun
 from picluster.remote import HostResult
+from picluster.report import host_lines
 from picluster.stages import Stage
 
 STATUS_STYLE = {"ok": "green", "changed": "yellow", "failed": "red", "unreachable": "red", "skipped": "dim"}
@@ -96,30 +92,8 @@ def print_up(run: UpRun, *, verbose: bool = False, console: Console | None = Non
 
 
 def _print_host(console: Console, stage: str, r: HostResult, verbose: bool) -> None:
-    if r.status in ("failed", "unreachable"):
-        console.print(f"[red]{stage} on {r.host}: {r.status}[/red]", highlight=False)
-        if r.message:
-            console.print(f"  {r.message}", highlight=False, markup=False)
-        step = r.failed_step
-        if step is not None:
-            console.print(f"  step {step.name!r}: {step.message}", highlight=False, markup=False)
-            if step.error is not None:
-                console.print(f"  command: {step.error.command}\n  exit code: {step.error.exit_code}",
-                              highlight=False, markup=False)
-                for line in step.error.stderr_tail.splitlines():
-                    console.print(f"    {line}", highlight=False, markup=False)
-    if verbose:
-        for s in r.steps:
-            console.print(f"  {stage} {r.host} {s.status:<8} {s.name}: {s.reason or s.diff}",
-                          highlight=False, markup=False)
-
-
-def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
-    """Write `data` as JSON atomically: a reader never sees half a report."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, target)
+    """Failed and unreachable hosts always, every host with `verbose`: status, then each step."""
+    if verbose or r.status in ("failed", "unreachable"):
+        console.print(f"[bold]{stage}[/bold]", end=" ")
+        for line in host_lines(r):
+            console.print(line, highlight=False)

@@ -34,8 +34,9 @@ def up(
     """Bring the cluster up: preflight, then os → gateway → k3s → apps, each followed by its checks."""
     from picluster import stages as stage_catalog
     from picluster.inventory import InventoryError
-    from picluster.ops.summary import HostProgress, print_up, write_json
+    from picluster.ops.summary import HostProgress, print_up
     from picluster.ops.up import up as run_up
+    from picluster.report import write_report
 
     inv = load(inventory)
     if parallel < 1:
@@ -57,7 +58,7 @@ def up(
                      on_gate_start=progress.start_gate)
     print_up(run, verbose=verbose)
     if report:
-        write_json(report, run.to_dict())
+        write_report(report, run.to_dict())
     if run.failed:
         raise Exit("cluster.up failed: see the stage errors above; fix them and run again "
                    "(it only changes what still differs)", code=1)
