@@ -113,16 +113,19 @@ def network_config(inv: Inventory, host: Host, *, static_lan: bool = False,
 
     The gateway always has a static LAN address on eth0 plus its WAN side. Other hosts take DHCP from
     the gateway unless `static_lan` is set (the lab: every node gets its inventory address, no DHCP
-    wait), in which case their default route and DNS point at the LAN gateway, as DHCP would give.
+    wait, and the inventory MAC stated), in which case their default route and DNS point at the LAN
+    gateway, as DHCP would give.
     """
     lan = inv.cluster.lan
     address = f"{host.ip}/{lan.cidr.prefixlen}"
     ethernets: dict[str, Any] = {}
     wifis: dict[str, Any] = {}
     if host.role == "gateway" or static_lan:
-        # The inventory's MAC, stated: a no-op on a Pi's own NIC, and it keeps a lab node's veth
-        # (which systemd would otherwise give a generated address) on the MAC the LAN expects.
-        eth0: dict[str, Any] = {"dhcp4": False, "macaddress": host.mac, "addresses": [address]}
+        eth0: dict[str, Any] = {"dhcp4": False, "addresses": [address]}
+        if static_lan:
+            # The inventory's MAC, stated: a lab node's veth would otherwise get a generated address
+            # from the node's systemd (a Pi's NIC has its own, which is the inventory's).
+            eth0 = {"dhcp4": False, "macaddress": host.mac, "addresses": [address]}
         if host.role != "gateway":
             eth0["routes"] = [{"to": "0.0.0.0/0", "via": str(lan.gateway)}]
             dns = inv.cluster.services.get("dns")

@@ -119,9 +119,9 @@ def archive_urls(suite: str = SUITE, sources: tuple[Path, ...] = _SOURCES_DIRS) 
                     entries.append((uri, fields.get("suites", "").split(), fields.get("components", "").split()))
         else:
             for line in text.splitlines():
-                line = re.sub(r"\[[^]]*\]", "", line.split("#", 1)[0]).split()  # type: ignore[assignment]
-                if len(line) >= 3 and line[0] == "deb":
-                    entries.append((line[1], [line[2]], list(line[3:])))
+                words = re.sub(r"\[[^]]*\]", "", line.split("#", 1)[0]).split()  # drop [options]
+                if len(words) >= 3 and words[0] == "deb":
+                    entries.append((words[1], [words[2]], words[3:]))
     found: dict[str, str] = {}
     for uri, suites, components in entries:
         if not uri.startswith(("http://", "https://")):

@@ -75,7 +75,7 @@ def start(directory: Path, address: IPv4Address, port: int, archives: dict[str, 
     for sub in ("conf", "cache", "log"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
     write_atomic(directory / "conf" / "acng.conf", config(directory, address, port, archives))
-    log = open(directory / "log" / "daemon.log", "ab")  # noqa: SIM115 - handed to the daemon
+    log = open(directory / "log" / "daemon.log", "ab")
     try:
         proc = subprocess.Popen(["apt-cacher-ng", "-c", str(directory / "conf"), "ForeGround=1"],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

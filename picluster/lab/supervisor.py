@@ -132,7 +132,7 @@ def main(config_path: str) -> int:
         return 1
 
     reboots: list[float] = []
-    console = open(cfg["console"], "ab")  # noqa: SIM115 - kept open for the children's lifetime
+    console = open(cfg["console"], "ab")
     try:
         while stopping["at"] is None:
             child = subprocess.Popen(nspawn_argv(cfg), stdin=subprocess.DEVNULL, stdout=console,
