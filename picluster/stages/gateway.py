@@ -25,7 +25,7 @@ from picluster.state.apt_repo import AptRepository
 from picluster.state.batch import Batch
 from picluster.state.checked_file import CheckedFile
 from picluster.state.nftables import NftRuleset
-from picluster.state.shared_kernel import SysctlSet
+from picluster.state.shared_kernel import SysctlsSet
 from picluster.state.skip import OnlyIf, skipped
 
 PACKAGES = ("nftables", "dnsmasq", "curl", "gnupg")
@@ -199,12 +199,12 @@ def host_steps(inv: Inventory, host: Host) -> list[AnyStep]:
                     check="if command -v dnsmasq >/dev/null; then dnsmasq --test -C {path}; fi"),
         Apt(list(PACKAGES)),
         Batch("forwarding and firewall", [
-            SysctlSet("net.ipv4.ip_forward", 1),
+            SysctlsSet([("net.ipv4.ip_forward", 1)]),
             NftRuleset(nftables_conf(inv, host)),
         ]),
         Service("dnsmasq", enabled=True, running=True, restart_on=[DNSMASQ_CONF]),
-        OnlyIf(Apt("systemd-resolved"), f"! {{ {HAS_RESOLVED}; }}", "systemd-resolved is part of systemd here",
-               skip=False),
+        OnlyIf(Apt("systemd-resolved"), f"! {{ {HAS_RESOLVED}; }}",
+               "systemd-resolved is present (part of systemd, or its own package)", skip=False),
         Batch("systemd-resolved", [
             Directory(RESOLVED_DIR),
             File(RESOLVED_DROPIN, resolved_dropin(inv, host)),

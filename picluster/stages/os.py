@@ -15,14 +15,15 @@ from collections.abc import Callable, Sequence
 
 from picluster.inventory import Host, Inventory
 from picluster.remote import AnyStep
-from picluster.stages.preflight import CloudInitFinished
 from picluster.stages.templates import render
-from picluster.state import Apt, CmdlineArgs, Directory, File, Line, Service
+from picluster.state import Apt, CmdlineArgs, Directory, File, Service
 from picluster.state.batch import Batch
 from picluster.state.by_virt import FileByVirt
+from picluster.state.cloud_init import CloudInitDone
 from picluster.state.hostname import Hostname
+from picluster.state.hosts_entry import HostsEntry
 from picluster.state.reboot import AwaitBoot, Reboot
-from picluster.state.shared_kernel import ModuleLoaded, SysctlSet
+from picluster.state.shared_kernel import ModulesLoaded, SysctlsSet
 from picluster.state.snaps import SnapsRemoved
 from picluster.state.sshd import SshdHardening
 from picluster.state.storage import DataVolume
@@ -111,10 +112,10 @@ def automation_keys(inv: Inventory) -> list[str]:
 def host_steps(inv: Inventory, host: Host) -> list[AnyStep]:
     """Return the os stage's steps for one host, in order."""
     steps: list[AnyStep] = [
-        CloudInitFinished(expected_hostname=host.name),
+        CloudInitDone(),
         Batch("hostname, /etc/hosts, time zone", [
             Hostname(host.name),
-            Line("/etc/hosts", f"127.0.1.1 {fqdn(inv, host)} {host.name}", regex=r"^127\.0\.1\.1\s"),
+            HostsEntry("127.0.1.1", [fqdn(inv, host), host.name]),
             Timezone(host.vars["timezone"]),
         ]),
         SnapsRemoved(),
@@ -122,10 +123,7 @@ def host_steps(inv: Inventory, host: Host) -> list[AnyStep]:
         CmdlineArgs(list(CGROUP_ARGS)),
         Reboot(),
         AwaitBoot(host),
-        Batch("kernel modules and sysctls", [
-            *(ModuleLoaded(m) for m in MODULES),
-            *(SysctlSet(key, value) for key, value in SYSCTLS),
-        ]),
+        Batch("kernel modules and sysctls", [ModulesLoaded(MODULES), SysctlsSet(SYSCTLS)]),
         SwapOff(),
         Batch("chrony, multipath, logind files", [
             File(CHRONY_CONF, chrony_conf(inv, host)),

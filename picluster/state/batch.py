@@ -11,7 +11,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from picluster.remote import AnyStep, Change, Command, Decision, Ok, ProbeOutput, StepError
+from picluster.state._fs import content_probe
 from picluster.state.skip import SKIPPED
+
+CONTENT_PROBE = content_probe("").removesuffix("''")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,11 @@ class Batch:
     def __init__(self, label: str, steps: Sequence[AnyStep]) -> None:
         if not steps:
             raise ValueError("a batch needs at least one step")
+        read = [v for s in steps for v in s.probes().values() if v.startswith(CONTENT_PROBE)]
+        shared = sorted({v for v in read if read.count(v) > 1})
+        if shared:
+            raise ValueError(f"batch {label!r}: several steps read {shared[0].removeprefix(CONTENT_PROBE)}; "
+                             "one would write over the other's change: give the file one step")
         self.label = label
         self.steps = list(steps)
 

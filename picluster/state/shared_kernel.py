@@ -1,29 +1,37 @@
 """Kernel modules and sysctls on a host that may not own its kernel (a container shares its host's).
 
-Where the host is a container (`systemd-detect-virt --container`), loading a module or writing a
-sysctl that is not namespaced is impossible: these steps still persist the setting in its file and
-report the runtime part as an explicit skip, decided from the host's facts, never from a lab flag.
+Each step handles a set of modules (or sysctls) and the one file that persists them, in a single read,
+so several settings that share a file never overwrite each other. Where the host is a container
+(`systemd-detect-virt --container`), loading a module, or writing a sysctl that is read-only there,
+is impossible: the setting is still persisted, and the runtime part is reported as an explicit skip,
+decided from the host's facts, never from a lab flag.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from picluster.remote import Change, Decision, Ok, ProbeOutput
-from picluster.state.kernel import KernelModule, PersistedFacts, Sysctl
-from picluster.state.skip import IN_CONTAINER, skipped
+from picluster.remote import Change, Command, Decision, Ok, ProbeOutput
+from picluster.state._fs import as_bytes, as_text, content_probe, parse_content, q, single_line
+from picluster.state.files import content_marks, edit_lines
+from picluster.state.kernel import MODULE, SYSCTL_KEY, _persist
+from picluster.state.skip import SKIPPED
 
 VIRT = "systemd-detect-virt --container"
+MODULES_FILE = "/etc/modules-load.d/picluster.conf"
+SYSCTL_FILE = "/etc/sysctl.d/90-picluster.conf"
 
 
 @dataclass(frozen=True)
 class SharedKernelFacts:
-    """The primitive's facts, the container type (empty when none) and whether the runtime is writable."""
+    """Per setting its runtime state (None: unloaded/unreadable) and writability; the file; the container."""
 
-    inner: PersistedFacts
+    runtime: tuple[str | None, ...]
+    writable: tuple[bool, ...]
+    persisted: bytes | None
     container: str
-    writable: bool
 
 
 def _container(outputs: Mapping[str, ProbeOutput]) -> str:
@@ -31,64 +39,141 @@ def _container(outputs: Mapping[str, ProbeOutput]) -> str:
     return out.stdout.strip() if out.ok else ""
 
 
-def _annotate(decision: Decision, note: str) -> Decision:
-    """A persist-only decision, with the runtime part reported as skipped."""
-    if isinstance(decision, Ok):
-        return skipped(f"{note}; {decision.reason}")
-    return Change(f"{decision.diff}\n(skipped: {note})", decision.commands, decision.sets, decision.clears)
+def _decision(diff: list[str], commands: list[Command], skips: list[str], sets: frozenset[str], ok: str) -> Decision:
+    if not commands:
+        return Ok(SKIPPED + "; ".join(skips) + f"; {ok}") if skips else Ok(ok)
+    if skips:
+        diff.append("(skipped: " + "; ".join(skips) + ")")
+    return Change("\n".join(diff), commands, sets=sets)
 
 
-class ModuleLoaded(KernelModule):
-    """`KernelModule`, except that in a container a module that is not loaded is persisted, not loaded.
+class ModulesLoaded:
+    """Ensure kernel modules are loaded now (modprobe) and at boot (one modules-load.d file).
 
-    Example: ``ModuleLoaded("br_netfilter")``
+    In a container, a module the host's kernel has not loaded is persisted and its load skipped.
+
+    Example: ``ModulesLoaded(["br_netfilter", "overlay"])``
     """
 
-    def probes(self) -> Mapping[str, str]:
-        """The primitive's probes plus the container type."""
-        return {**super().probes(), "virt": VIRT}
-
-    def parse(self, outputs: Mapping[str, ProbeOutput], marks: frozenset[str]) -> SharedKernelFacts:  # type: ignore[override]
-        """Type the outputs."""
-        return SharedKernelFacts(super().parse(outputs, marks), _container(outputs), True)
-
-    def decide(self, facts: SharedKernelFacts) -> Decision:  # type: ignore[override]
-        """Load and persist; in a container, persist only and say why the load is skipped."""
-        if facts.container and facts.inner.runtime is None:
-            note = (f"load {self.module}: this host is a container ({facts.container}) sharing its host's "
-                    "kernel, where modprobe is not possible")
-            return _annotate(super().decide(PersistedFacts("loaded", facts.inner.persisted)), note)
-        return super().decide(facts.inner)
-
-
-class SysctlSet(Sysctl):
-    """`Sysctl`, except that where /proc/sys/<key> is read-only (a container) the value is only persisted.
-
-    Example: ``SysctlSet("fs.inotify.max_user_watches", 256000)``
-    """
+    def __init__(self, modules: Sequence[str], *, file: str = MODULES_FILE) -> None:
+        bad = [m for m in modules if not MODULE.match(m)]
+        if bad or not modules:
+            raise ValueError(f"not kernel module names: {bad or list(modules)!r}")
+        self.modules = list(modules)
+        self.file = file
 
     @property
-    def proc_path(self) -> str:
-        """Return the key's file under /proc/sys."""
-        return "/proc/sys/" + self.key.replace(".", "/")
+    def name(self) -> str:
+        """Return the step label."""
+        return f"kernel modules {' '.join(self.modules)}"
 
     def probes(self) -> Mapping[str, str]:
-        """The primitive's probes plus the container type and whether the key is writable."""
-        return {**super().probes(), "virt": VIRT, "writable": f"test -w '{self.proc_path}'"}
+        """Check /sys/module for each (loaded or built in), read the file and the container type."""
+        probes = {f"loaded.{i}": f"test -d {q('/sys/module/' + m.replace('-', '_'))}"
+                  for i, m in enumerate(self.modules)}
+        return {**probes, "file": content_probe(self.file), "virt": VIRT}
 
-    def parse(self, outputs: Mapping[str, ProbeOutput], marks: frozenset[str]) -> SharedKernelFacts:  # type: ignore[override]
+    def parse(self, outputs: Mapping[str, ProbeOutput], marks: frozenset[str]) -> SharedKernelFacts:
         """Type the outputs."""
-        return SharedKernelFacts(super().parse(outputs, marks), _container(outputs), outputs["writable"].ok)
+        loaded = tuple("loaded" if outputs[f"loaded.{i}"].ok else None for i in range(len(self.modules)))
+        return SharedKernelFacts(loaded, (True,) * len(self.modules), parse_content(outputs["file"], self.file),
+                                 _container(outputs))
 
-    def decide(self, facts: SharedKernelFacts) -> Decision:  # type: ignore[override]
-        """Set and persist; where the runtime value cannot be written in a container, persist only."""
-        inner = facts.inner
-        if facts.container and inner.runtime != self.value and not facts.writable:
-            what = "does not exist" if inner.runtime is None else f"is {inner.runtime}, read-only"
-            note = (f"runtime {self.key}: {self.proc_path} {what} in this container ({facts.container}); "
-                    "the host's kernel owns it")
-            return _annotate(super().decide(PersistedFacts(self.value, inner.persisted)), note)
-        return super().decide(inner)
+    def decide(self, facts: SharedKernelFacts) -> Decision:
+        """Load what is not loaded (or skip that in a container), list every module in the file."""
+        diff: list[str] = []
+        commands: list[Command] = []
+        skips: list[str] = []
+        for module, runtime in zip(self.modules, facts.runtime, strict=True):
+            if runtime is not None:
+                continue
+            if facts.container:
+                skips.append(f"load {module}: this host is a container ({facts.container}) sharing its host's "
+                             "kernel, where modprobe is not possible")
+                continue
+            diff.append(f"load kernel module {module}")
+            commands.append(Command(f"modprobe -- {q(module)}"))
+        text = as_text(facts.persisted or b"")
+        for module in self.modules:
+            text = edit_lines(text, module, re.compile(r"^\s*" + re.escape(module) + r"\s*$"), present=True) or text
+        if as_bytes(text) != (facts.persisted or b""):
+            change, write = _persist(self.file, facts.persisted, text)
+            diff.append(change)
+            commands.append(write)
+        ok = f"kernel modules {', '.join(self.modules)} are loaded and listed in {self.file}"
+        if skips:
+            ok = f"kernel modules {', '.join(self.modules)} are listed in {self.file}"
+        return _decision(diff, commands, skips, frozenset(), ok)
 
 
-__all__ = ["IN_CONTAINER", "ModuleLoaded", "SysctlSet"]
+class SysctlsSet:
+    """Ensure kernel parameters have these values now (`sysctl -w`) and after boot (one sysctl.d file).
+
+    Where /proc/sys/<key> is read-only in a container, the value is persisted and its runtime set skipped.
+
+    Example: ``SysctlsSet([("net.ipv4.ip_forward", 1), ("fs.inotify.max_user_watches", 256000)])``
+    """
+
+    def __init__(self, values: Sequence[tuple[str, str | int]], *, file: str = SYSCTL_FILE) -> None:
+        bad = [k for k, _ in values if not SYSCTL_KEY.match(k)]
+        if bad or not values:
+            raise ValueError(f"not sysctl keys: {bad or list(values)!r}")
+        self.values = [(k, " ".join(single_line(str(v), f"sysctl {k}").split())) for k, v in values]
+        self.file = file
+
+    @property
+    def name(self) -> str:
+        """Return the step label."""
+        return "sysctl " + " ".join(k for k, _ in self.values)
+
+    @staticmethod
+    def proc_path(key: str) -> str:
+        """Return the key's file under /proc/sys."""
+        return "/proc/sys/" + key.replace(".", "/")
+
+    def probes(self) -> Mapping[str, str]:
+        """Read each runtime value and whether it is writable, the file, the container type."""
+        probes: dict[str, str] = {}
+        for i, (key, _) in enumerate(self.values):
+            probes[f"runtime.{i}"] = f"sysctl -n -- {q(key)}"
+            probes[f"writable.{i}"] = f"test -w {q(self.proc_path(key))}"
+        return {**probes, "file": content_probe(self.file), "virt": VIRT}
+
+    def parse(self, outputs: Mapping[str, ProbeOutput], marks: frozenset[str]) -> SharedKernelFacts:
+        """Normalise whitespace in the runtime values (sysctl separates numbers with tabs)."""
+        runtime = []
+        for i in range(len(self.values)):
+            out = outputs[f"runtime.{i}"]
+            runtime.append(" ".join(out.stdout.split()) if out.ok else None)
+        writable = tuple(outputs[f"writable.{i}"].ok for i in range(len(self.values)))
+        return SharedKernelFacts(tuple(runtime), writable, parse_content(outputs["file"], self.file),
+                                 _container(outputs))
+
+    def decide(self, facts: SharedKernelFacts) -> Decision:
+        """Set what differs (or skip that where read-only in a container), persist every line."""
+        diff: list[str] = []
+        commands: list[Command] = []
+        skips: list[str] = []
+        text = as_text(facts.persisted or b"")
+        for (key, value), runtime, writable in zip(self.values, facts.runtime, facts.writable, strict=True):
+            if runtime != value:
+                if facts.container and not writable:
+                    what = "does not exist" if runtime is None else f"is {runtime}, read-only"
+                    skips.append(f"runtime {key}: {self.proc_path(key)} {what} in this container "
+                                 f"({facts.container}); the host's kernel owns it")
+                else:
+                    diff.append(f"{key}: {runtime} -> {value} (runtime)")
+                    commands.append(Command(f"sysctl -q -w -- {q(f'{key}={value}')}"))
+            pattern = re.compile(r"^\s*" + re.escape(key) + r"\s*=")
+            text = edit_lines(text, f"{key} = {value}", pattern, present=True) or text
+        sets: frozenset[str] = frozenset()
+        if as_bytes(text) != (facts.persisted or b""):
+            change, write = _persist(self.file, facts.persisted, text)
+            diff.append(change)
+            commands.append(write)
+            sets = content_marks(self.file)
+        keys = ", ".join(k for k, _ in self.values)
+        ok = f"sysctls {keys} as wanted (runtime and {self.file})"
+        if skips:
+            ok = f"sysctls {keys} persisted in {self.file}"
+        return _decision(diff, commands, skips, sets, ok)

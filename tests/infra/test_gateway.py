@@ -63,7 +63,14 @@ def test_dnsmasq_answers_for(inventory: Inventory, name: str, address: str) -> N
 
 
 def test_ip_forwarding(host: Any) -> None:
-    assert host.sysctl("net.ipv4.ip_forward") == 1
+    now = host.file("/proc/sys/net/ipv4/ip_forward").content_string.strip()
+    with host.sudo():
+        writable = host.run("test -w /proc/sys/net/ipv4/ip_forward").rc == 0
+    virt = host.run("systemd-detect-virt --container")
+    if now != "1" and not writable and virt.rc == 0:
+        pytest.skip(f"/proc/sys is read-only in this container ({virt.stdout.strip()}): the host's kernel owns "
+                    "net.ipv4.ip_forward here (persisted in /etc/sysctl.d for a real gateway)")
+    assert now == "1"
 
 
 def test_nftables_file(host: Any, node: Host, inventory: Inventory) -> None:
@@ -97,9 +104,15 @@ def test_dnsmasq_running(host: Any) -> None:
     assert service.is_running and service.is_enabled
 
 
-@pytest.mark.parametrize("port", ["udp://{ip}:53", "tcp://{ip}:53", "udp://0.0.0.0:67"])
+@pytest.mark.parametrize("port", ["udp://{ip}:53", "tcp://{ip}:53"])
 def test_dnsmasq_listens(host: Any, node: Host, port: str) -> None:
     assert host.socket(port.format(ip=node.ip)).is_listening
+
+
+def test_dnsmasq_serves_dhcp(host: Any, node: Host) -> None:
+    with host.sudo():
+        listening = host.check_output("ss -Hulnp 'sport = :67'")
+    assert "dnsmasq" in listening and node.vars["lan_interface"] in listening
 
 
 def test_resolved_points_at_dnsmasq(host: Any, node: Host) -> None:

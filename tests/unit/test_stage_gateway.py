@@ -136,8 +136,9 @@ def test_dnsmasq_has_a_reservation_and_a_record_per_host_and_a_record_per_servic
         assert f"host-record={name}.{domain},{ip}" in lines
     records = [line for line in lines if line.startswith("host-record=")]
     assert len(records) == len(inv.hosts) + len(inv.cluster.services) == 17
-    assert lines[2:13] == [
+    assert lines[2:15] == [
         "interface=eth0", "listen-address=10.0.0.1", "bind-interfaces", "domain-needed", "bogus-priv",
+        "# answer from the records below, never from the gateway's own /etc/hosts (127.0.1.1)", "no-hosts",
         f"local=/{domain}/", f"domain={domain}",
         "# never /etc/resolv.conf: on the gateway it points back at this server",
         "no-resolv", "server=80.58.61.250", "server=80.58.61.254"]

@@ -18,9 +18,11 @@ from picluster.stages import os as os_stage
 from picluster.state import File, Service, Sysctl
 from picluster.state.batch import Batch
 from picluster.state.checked_file import checked_write
+from picluster.state.cloud_init import RESULT, CloudInitDone
 from picluster.state.hostname import Hostname
+from picluster.state.hosts_entry import HostsEntry
 from picluster.state.reboot import PENDING, AwaitBoot, Reboot
-from picluster.state.shared_kernel import ModuleLoaded, SysctlSet
+from picluster.state.shared_kernel import MODULES_FILE, ModulesLoaded, SysctlsSet
 from picluster.state.skip import OnlyIf, is_skipped
 from picluster.state.snaps import SnapsRemoved
 from picluster.state.sshd import DROPIN, SshdHardening
@@ -196,12 +198,12 @@ def test_batch_reads_every_step_in_one_round_trip_and_passes_marks_in_order() ->
 
 
 def test_batch_of_ok_steps_is_ok_with_every_reason_and_skips_first() -> None:
-    batch = Batch("k", [Sysctl("a.b", 1), OnlyIf(Sysctl("c.d", 2), "false", "no c.d here")])
+    batch = Batch("k", [Sysctl("a.b", 1), OnlyIf(Sysctl("c.d", 2, file="/etc/sysctl.d/c.conf"), "false", "no c.d")])
     outputs = {"0.runtime": out("1\n"), "0.file": b64(b"a.b = 1\n"), "1.inner.runtime": out("2"),
                "1.inner.file": MISSING, "1.only_if": out("", 1)}
     decision = batch.decide(batch.parse(outputs, NO_MARKS))
     assert is_skipped(decision)
-    assert decision.reason == "skipped: sysctl c.d: no c.d here (the other 1 are ok)"
+    assert decision.reason == "skipped: sysctl c.d: no c.d (the other 1 are ok)"
 
 
 def test_batch_names_the_step_that_cannot_decide() -> None:
@@ -219,41 +221,92 @@ def test_only_if_can_report_a_plain_ok() -> None:
 
 # --- kernel on a shared kernel ----------------------------------------------------------------------------
 
-MODULES_FILE = "/etc/modules-load.d/picluster.conf"
+
+def modules(loaded: tuple[bool, ...], persisted: bytes | None, virt: str) -> dict[str, ProbeOutput]:
+    outputs = {f"loaded.{i}": out("", 0 if ok else 1) for i, ok in enumerate(loaded)}
+    return {**outputs, "file": b64(persisted) if persisted is not None else MISSING,
+            "virt": out(virt + "\n") if virt != "none" else out("none\n", 1)}
 
 
-def test_module_in_a_container_is_persisted_and_its_load_skipped() -> None:
-    step = ModuleLoaded("iscsi_tcp")
-    decision = decide(step, {"loaded": out("", 1), "file": MISSING, "virt": out("systemd-nspawn\n")})
+def test_modules_share_one_file_and_none_overwrites_another() -> None:
+    step = ModulesLoaded(["br_netfilter", "overlay", "iscsi_tcp"])
+    decision = decide(step, modules((False, True, False), b"iscsi_tcp\n", "none"))
+    assert isinstance(decision, Change)
+    assert [c.script for c in decision.commands[:2]] == ["modprobe -- br_netfilter", "modprobe -- iscsi_tcp"]
+    assert "+br_netfilter" in decision.diff and "+overlay" in decision.diff and "+iscsi_tcp" not in decision.diff
+
+
+def test_modules_in_a_container_are_persisted_and_their_load_skipped() -> None:
+    step = ModulesLoaded(["overlay", "iscsi_tcp"])
+    decision = decide(step, modules((True, False), None, "systemd-nspawn"))
     assert isinstance(decision, Change)
     assert all("modprobe" not in c.script for c in decision.commands)
     assert "(skipped: load iscsi_tcp: this host is a container (systemd-nspawn)" in decision.diff
-    again = decide(step, {"loaded": out("", 1), "file": b64(b"iscsi_tcp\n"), "virt": out("systemd-nspawn\n")})
-    assert is_skipped(again) and "listed in " + MODULES_FILE in again.reason
+    again = decide(step, modules((True, False), b"overlay\niscsi_tcp\n", "systemd-nspawn"))
+    assert is_skipped(again) and again.reason.endswith(f"listed in {MODULES_FILE}")
 
 
-def test_module_on_a_real_host_is_loaded() -> None:
-    decision = decide(ModuleLoaded("br_netfilter"), {"loaded": out("", 1), "file": MISSING, "virt": out("none\n", 1)})
-    assert isinstance(decision, Change) and decision.commands[0].script == "modprobe -- br_netfilter"
+def sysctls(values: dict[int, tuple[str | None, bool]], persisted: bytes | None, virt: str) -> dict[str, ProbeOutput]:
+    outputs: dict[str, ProbeOutput] = {}
+    for i, (now, writable) in values.items():
+        outputs[f"runtime.{i}"] = out(now + "\n") if now is not None else out("", 255)
+        outputs[f"writable.{i}"] = out("", 0 if writable else 1)
+    return {**outputs, "file": b64(persisted) if persisted is not None else MISSING,
+            "virt": out(virt + "\n") if virt != "none" else out("none\n", 1)}
 
 
-def test_sysctl_read_only_in_a_container_is_persisted_only() -> None:
-    step = SysctlSet("fs.inotify.max_user_watches", 256000)
-    assert step.probes()["writable"] == "test -w '/proc/sys/fs/inotify/max_user_watches'"
-    outputs = {"runtime": out("8192\n"), "file": MISSING, "virt": out("systemd-nspawn\n"), "writable": out("", 1)}
-    decision = decide(step, outputs)
+def test_sysctls_are_set_and_persisted_in_one_file() -> None:
+    step = SysctlsSet([("net.ipv4.ip_forward", 1), ("fs.inotify.max_user_watches", 256000)])
+    decision = decide(step, sysctls({0: ("0", True), 1: ("8192", True)}, b"net.ipv4.ip_forward=0\n", "none"))
+    assert isinstance(decision, Change)
+    assert [c.script for c in decision.commands[:2]] == [
+        "sysctl -q -w -- net.ipv4.ip_forward=1", "sysctl -q -w -- fs.inotify.max_user_watches=256000"]
+    assert "+net.ipv4.ip_forward = 1" in decision.diff and "+fs.inotify.max_user_watches = 256000" in decision.diff
+
+
+def test_sysctls_read_only_in_a_container_are_persisted_only() -> None:
+    step = SysctlsSet([("fs.inotify.max_user_watches", 256000), ("net.ipv4.ip_forward", 1)])
+    assert step.probes()["writable.0"] == "test -w /proc/sys/fs/inotify/max_user_watches"
+    facts = sysctls({0: ("8192", False), 1: ("1", False)}, None, "systemd-nspawn")
+    decision = decide(step, facts)
     assert isinstance(decision, Change)
     assert all(not c.script.startswith("sysctl") for c in decision.commands)
     assert "is 8192, read-only in this container" in decision.diff
+    done = b"fs.inotify.max_user_watches = 256000\nnet.ipv4.ip_forward = 1\n"
+    assert is_skipped(decide(step, sysctls({0: ("8192", False), 1: ("1", False)}, done, "systemd-nspawn")))
+    assert decide(step, sysctls({0: ("256000", False), 1: ("1", False)}, done, "systemd-nspawn")) == Ok(
+        "sysctls fs.inotify.max_user_watches, net.ipv4.ip_forward as wanted (runtime and "
+        "/etc/sysctl.d/90-picluster.conf)")
 
 
-def test_sysctl_writable_in_a_container_is_set() -> None:
-    outputs = {"runtime": out("0\n"), "file": MISSING, "virt": out("systemd-nspawn\n"), "writable": out()}
-    decision = decide(SysctlSet("net.ipv4.ip_forward", 1), outputs)
-    assert isinstance(decision, Change) and decision.commands[0].script.startswith("sysctl -q -w")
+def test_a_batch_refuses_two_steps_on_one_file() -> None:
+    with pytest.raises(ValueError, match="several steps read /etc/x"):
+        Batch("x", [File("/etc/x", "a\n"), File("/etc/x", "b\n")])
 
 
 # --- identity, swap, snaps -----------------------------------------------------------------------------
+
+
+def test_cloud_init_done_is_read_from_its_result_file() -> None:
+    step = CloudInitDone()
+    assert f"[ -e {RESULT} ] || timeout 600 cloud-init status --wait" in step.probes()["result"]
+    done = '{"v1": {"datasource": "DataSourceNoCloud", "errors": []}}'
+    assert decide(step, {"result": out(done)}) == Ok("cloud-init done")
+    assert decide(step, {"result": out("not-installed\n")}) == Ok("cloud-init is not installed")
+    with pytest.raises(StepError, match="finished with errors: bad seed"):
+        decide(step, {"result": out('{"v1": {"errors": ["bad seed"]}}')})
+    with pytest.raises(StepError, match="still running after 600s"):
+        decide(step, {"result": out("", 124)})
+
+
+def test_hosts_entry_is_first_for_its_address_and_leaves_cloud_inits_own() -> None:
+    step = HostsEntry("127.0.1.1", ["node1.lab.test", "node1"])
+    cloud_init = b"127.0.0.1 localhost\n127.0.1.1\tnode1\tnode1\n"
+    decision = decide(step, {"content": b64(cloud_init)})
+    assert isinstance(decision, Change)
+    assert "-127.0.1.1\tnode1\tnode1\n+127.0.1.1\tnode1.lab.test\tnode1" in decision.diff
+    rewritten = b"127.0.0.1\tlocalhost\n127.0.1.1\tnode1.lab.test\tnode1\n127.0.1.1\tnode1\tnode1\n"
+    assert decide(step, {"content": b64(rewritten)}) == Ok("/etc/hosts: 127.0.1.1 is first node1.lab.test node1")
 
 
 def test_hostname_sets_the_file_and_the_running_name() -> None:
