@@ -20,6 +20,7 @@ from picluster.state import Apt, CmdlineArgs, Directory, File, Service
 from picluster.state.batch import Batch
 from picluster.state.by_virt import FileByVirt
 from picluster.state.cloud_init import CloudInitDone
+from picluster.state.dpkg import DpkgConsistent
 from picluster.state.hostname import Hostname
 from picluster.state.hosts_entry import HostsEntry
 from picluster.state.reboot import AwaitBoot, Reboot
@@ -118,7 +119,7 @@ def host_steps(inv: Inventory, host: Host) -> list[AnyStep]:
             HostsEntry("127.0.1.1", [fqdn(inv, host), host.name]),
             Timezone(host.vars["timezone"]),
         ]),
-        SnapsRemoved(),
+        Batch("dpkg consistent, snapd removed", [DpkgConsistent(), SnapsRemoved()]),
         Apt(packages(host)),
         CmdlineArgs(list(CGROUP_ARGS)),
         Reboot(),

@@ -463,3 +463,15 @@ def test_checked_write_installs_only_what_passes_its_check(tmp_path: Path) -> No
     good = checked_write(str(target), b"good\n", "grep -q good {path}", mode=None, owner=None, group=None)
     assert run_script(good.script, good.stdin).returncode == 0
     assert target.read_text() == "good\n"
+
+
+def test_an_interrupted_dpkg_run_is_finished_before_apt_runs() -> None:
+    from picluster.state.dpkg import DpkgConsistent
+
+    assert decide(DpkgConsistent(), {"pending": out("0\n"), "audit": out("")}) == \
+        Ok("dpkg is consistent (no interrupted run)")
+    decision = decide(DpkgConsistent(), {"pending": out("2\n"), "audit": out("The following packages are only "
+                                                                                "half configured\n", 1)})
+    assert isinstance(decision, Change) and "dpkg --force-confdef --force-confold --configure -a" in \
+        decision.commands[0].script
+    assert decision.diff.startswith("finish an interrupted dpkg run (2 pending dpkg journal entries; dpkg --audit:")
