@@ -152,7 +152,8 @@ def flash(inv: Inventory, host: Host, *, device: str | None, output: str | None,
         _refuse(facts, source.size, opts.force)
         if not opts.yes and not confirm(
                 f"Write {entry.name} ({source.size} bytes) to {facts.describe()}? Everything on it is lost."):
-            raise ImageError(f"not confirmed; nothing was written to {device}", code=1)
+            raise ImageError(f"not confirmed; nothing was written to {device} "
+                             "(answer yes, or pass --yes when running without a terminal)", code=1)
         write_path = device
     else:
         assert output is not None

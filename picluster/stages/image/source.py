@@ -109,19 +109,19 @@ class ImageSource:
         if offset + length > PEEK_LIMIT:
             raise ImageError(f"{self.path}: will not decompress {offset + length} bytes just to peek")
         out = bytearray()
-        for chunk in self.chunks():
+        for chunk in self.chunks(program=False):
             out += chunk
             if len(out) >= offset + length:
                 break
         return bytes(out[offset:offset + length])
 
-    def chunks(self, size: int = READ_CHUNK) -> Iterator[bytes | bytearray]:
+    def chunks(self, size: int = READ_CHUNK, program: bool = True) -> Iterator[bytes | bytearray]:
         """The uncompressed bytes in pieces of at most about `size` (decompressed on the fly).
 
         An xz image goes through the `xz` program when there is one (its own process, so it runs beside
         our hashing and writing, and may use several threads on a multi-block file); else through lzma.
         """
-        if self.compressed and shutil.which("xz"):
+        if self.compressed and program and shutil.which("xz"):
             yield from self._xz_chunks(size)
             return
         with open(self.path, "rb") as f:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
+import stat
 import threading
 from dataclasses import dataclass
 
@@ -52,11 +53,13 @@ def _blocks(source: ImageSource, out: queue.Queue[bytes | bytearray | BaseExcept
 
 def write_image(source: ImageSource, target: str, progress: Progress, *, create: bool) -> Written:
     """Write the whole image to `target` (a device, or a file to create) and fsync it."""
-    flags = os.O_WRONLY | (os.O_CREAT | os.O_TRUNC if create else 0)
+    # A disk is opened exclusively: Linux then refuses it while a partition is mounted or otherwise in use.
+    flags = os.O_WRONLY | (os.O_CREAT | os.O_TRUNC if create else os.O_EXCL)
     try:
         fd = os.open(target, flags, 0o644)
     except OSError as err:
         raise ImageError(f"cannot open {target} for writing: {err.strerror}", code=1) from None
+    block_device = stat.S_ISBLK(os.fstat(fd).st_mode)
     pieces: queue.Queue[bytes | bytearray | BaseException | None] = queue.Queue(QUEUE_BLOCKS)
     stop = threading.Event()
     worker = threading.Thread(target=_blocks, args=(source, pieces, stop), daemon=True, name="decompress")
@@ -79,6 +82,8 @@ def write_image(source: ImageSource, target: str, progress: Progress, *, create:
             size += len(piece)
             progress.advance(len(piece))
         os.fsync(fd)
+        if block_device:
+            _reread_partitions(fd)
     except OSError as err:
         raise ImageError(f"writing {target} failed at byte {size}: {err.strerror}; "
                          f"{target} is partly written and will not boot", code=1) from None
@@ -95,6 +100,16 @@ def write_image(source: ImageSource, target: str, progress: Progress, *, create:
     if size != source.size:
         raise ImageError(f"{source.path} gave {size} bytes, its index says {source.size}", code=1)
     return Written(size=size, sha256=h.hexdigest())
+
+
+def _reread_partitions(fd: int) -> None:
+    """Tell the kernel the partition table changed (BLKRRPART), so /dev/sdX1 is the new system-boot."""
+    import fcntl
+
+    try:
+        fcntl.ioctl(fd, 0x125F)   # BLKRRPART
+    except OSError:
+        pass                      # busy or unsupported: the next plug-in reads it anyway
 
 
 def read_back_sha256(target: str, size: int, progress: Progress) -> str:
