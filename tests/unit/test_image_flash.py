@@ -323,3 +323,15 @@ def test_local_raw_image_with_no_verify(tmp_path: Path, built: BuiltImage, inv: 
     report = run(inv, "node4", opts, output=str(out))
     assert not report.verified and report.written.sha256 == digest(built.raw)
     assert yaml.safe_load(fat(out).read("meta-data") or b"")["instance-id"] == "picluster-node4"
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({}, "give exactly one target"),
+    ({"output": "x.img", "sha256": "xyz"}, "--sha256: 'xyz' is not a sha256"),
+])
+def test_usage_errors_come_before_anything_else(tmp_path: Path, inv: Inventory, kw: dict, message: str) -> None:
+    sha = kw.pop("sha256", None)
+    opts = Options(cache=tmp_path / "cache", image="https://example.invalid/x.img.xz", sha256=sha)
+    with pytest.raises(ImageError, match=re.escape(message)) as err:
+        run(inv, "node1", opts, **kw)
+    assert err.value.code == 2 and not (tmp_path / "cache").exists()
