@@ -3,6 +3,8 @@ decision, known_hosts pinning, secrets, and the catalog."""
 
 from __future__ import annotations
 
+import base64
+import hmac
 import lzma
 import os
 import re
@@ -171,6 +173,13 @@ def test_pinning_replaces_only_the_hosts_own_line(tmp_path: Path) -> None:
     blob = " ".join(key.public.split()[:2])
     assert known.read_text().splitlines() == ["# comment", other, f"10.0.0.11 {blob}"]
     assert not pin_known_host(known, "10.0.0.11", 22, key.public)
+    # A hashed entry (HashKnownHosts yes) for the host is replaced too; others stay.
+    salt = os.urandom(20)
+    hashed = "|1|{}|{}".format(base64.b64encode(salt).decode(), base64.b64encode(
+        hmac.new(salt, b"10.0.0.11", "sha1").digest()).decode())
+    known.write_text(f"{hashed} ssh-ed25519 AAAAold\n{other}\n")
+    assert pin_known_host(known, "10.0.0.11", 22, key.public)
+    assert known.read_text().splitlines() == [other, f"10.0.0.11 {blob}"]
     assert pin_known_host(known, "10.0.0.11", 2222, key.public)
     assert known.read_text().splitlines()[-1] == f"[10.0.0.11]:2222 {blob}"
 

@@ -6,6 +6,9 @@ host does not change its identity; known_hosts gets exactly one line for the hos
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import os
 import tempfile
 from pathlib import Path
@@ -61,6 +64,25 @@ def known_hosts_name(address: str, port: int) -> str:
     return address if port == 22 else f"[{address}]:{port}"
 
 
+def _names_host(line: str, name: str) -> bool:
+    """Whether a known_hosts line is about `name`: listed plainly, or hashed (HashKnownHosts)."""
+    fields = line.split()
+    if not fields or line.startswith("#"):
+        return False
+    hosts = fields[1] if fields[0].startswith("@") and len(fields) > 1 else fields[0]
+    for entry in hosts.split(","):
+        if entry.startswith("|1|"):
+            try:
+                salt, digest = (base64.b64decode(part) for part in entry[3:].split("|", 1))
+            except (ValueError, binascii.Error):
+                continue
+            if hmac.compare_digest(hmac.new(salt, name.encode(), "sha1").digest(), digest):
+                return True
+        elif entry == name:
+            return True
+    return False
+
+
 def pin_known_host(path: Path, address: str, port: int, public: str) -> bool:
     """Make `path` hold exactly one line for the address with this key; True when the file changed."""
     name = known_hosts_name(address, port)
@@ -70,8 +92,7 @@ def pin_known_host(path: Path, address: str, port: int, public: str) -> bool:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         lines = []
-    kept = [line for line in lines
-            if not line.strip() or line.startswith("#") or name not in line.split()[0].split(",")]
+    kept = [line for line in lines if not _names_host(line, name)]
     new = [*kept, wanted]
     if new == lines:
         return False
