@@ -114,7 +114,12 @@ class Directory:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)   # FAT mounts ignore it; a real file system keeps it
+        try:
+            os.chmod(tmp, mode)
+            if os.geteuid() == 0:
+                os.chown(tmp, 0, 0)
+        except OSError:
+            pass              # a FAT mount refuses modes and owners (unless mounted with `quiet`)
         os.replace(tmp, path)
 
 
