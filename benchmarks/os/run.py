@@ -28,7 +28,6 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-INVOKE = str(Path(sys.executable).with_name("invoke"))
 TARGET_IDEMPOTENT_RATIO = 1 / 3
 TARGET_ROUND_TRIPS = 15
 
@@ -162,8 +161,17 @@ def run_picluster(inv: Any, stages: tuple[str, ...] = ("os", "gateway")) -> dict
 
 
 def lab(action: str, inventory: str) -> float:
+    """Bring the lab up (with the gateway's WAN link) or down; return the seconds it took."""
+    from picluster.lab import wan
+    from picluster.lab.lab import Lab
+
     start = time.monotonic()
-    subprocess.run([INVOKE, "-r", str(REPO), f"lab.{action}", "--inventory", inventory], check=True, timeout=1800)
+    the_lab = Lab(inventory)
+    if action == "up":
+        the_lab.up()
+        wan.ensure(the_lab.inv)
+    else:
+        the_lab.down()
     return time.monotonic() - start
 
 

@@ -121,11 +121,9 @@ def host_steps(inv: Inventory, host: Host) -> list[AnyStep]:
         ]),
         Batch("dpkg consistent, snapd removed", [DpkgConsistent(), SnapsRemoved()]),
         Apt(packages(host)),
-        CmdlineArgs(list(CGROUP_ARGS)),
-        Reboot(),
+        Batch("kernel cmdline, reboot if it changed", [CmdlineArgs(list(CGROUP_ARGS)), Reboot()]),
         AwaitBoot(host),
-        Batch("kernel modules and sysctls", [ModulesLoaded(MODULES), SysctlsSet(SYSCTLS)]),
-        SwapOff(),
+        Batch("kernel modules, sysctls, swap", [ModulesLoaded(MODULES), SysctlsSet(SYSCTLS), SwapOff()]),
         Batch("chrony, multipath, logind files", [
             File(CHRONY_CONF, chrony_conf(inv, host)),
             FileByVirt(CHRONY_DEFAULT, chrony_default),

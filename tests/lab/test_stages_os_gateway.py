@@ -83,7 +83,8 @@ def test_first_run_converges_with_one_reboot_per_node(lab: Any, tmp_path: Path) 
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     for name in STAGES:
         assert stage(data, name)["gate"]["ok"], stage(data, name)["gate"]
-    reboots = [host for host, s in steps(data, "os") if s["name"] == "reboot if needed" and s["status"] == "changed"]
+    reboots = [host for host, s in steps(data, "os")
+               if s["name"] == "kernel cmdline, reboot if it changed" and "[reboot if needed]" in s["diff"]]
     assert sorted(reboots) == sorted(h.name for h in lab.hosts)
     assert {h.name: boots(lab, h.name) - before[h.name] for h in lab.hosts} == {h.name: 1 for h in lab.hosts}
 

@@ -66,8 +66,7 @@ def test_the_catalogue_runs_the_os_and_gateway_plans() -> None:
 def test_every_role_gets_the_os_steps_in_order(inv: Inventory) -> None:
     names = [s.name for s in os_stage.host_steps(inv, inv.hosts["gateway"])]
     assert names[0] == "cloud-init finished"
-    order = ["kernel cmdline cgroup_enable=cpuset cgroup_memory=1 cgroup_enable=memory", "reboot if needed",
-             "wait for the reboot", "kernel modules and sysctls"]
+    order = ["kernel cmdline, reboot if it changed", "wait for the reboot", "kernel modules, sysctls, swap"]
     assert [names.index(n) for n in order] == sorted(names.index(n) for n in order)
     assert names[-1].startswith("sshd hardening")
     assert not any(n.startswith("data volume") for n in names)  # the gateway declares no data partition
@@ -78,7 +77,7 @@ def test_every_role_gets_the_os_steps_in_order(inv: Inventory) -> None:
 @pytest.mark.parametrize("host", ["gateway", "node1", "node4"])
 def test_a_no_op_os_stage_stays_within_15_round_trips(inv: Inventory, host: str) -> None:
     steps = os_stage.host_steps(inv, inv.hosts[host])
-    assert sum(1 for s in steps if s.probes()) <= 15
+    assert sum(1 for s in steps if s.probes()) <= 12
 
 
 def test_packages_are_the_stages_own_plus_the_inventorys(tmp_path: Path) -> None:
