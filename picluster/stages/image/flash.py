@@ -17,7 +17,7 @@ from typing import Any
 from picluster.inventory import Host, Inventory
 from picluster.stages.image import ImageError
 from picluster.stages.image.bootfs import Directory, FatPartition
-from picluster.stages.image.catalog import ImageEntry, catalog_path, load_catalog, override
+from picluster.stages.image.catalog import ImageEntry, catalog_path, check_sha256, load_catalog, override
 from picluster.stages.image.devices import DeviceFacts, Inspector, inspect, refusals
 from picluster.stages.image.download import fetch
 from picluster.stages.image.hostkeys import pin_known_host
@@ -65,8 +65,6 @@ def resolve_image(inv: Inventory, host: Host, opts: Options) -> ImageEntry:
         assert catalog is not None
         entry = catalog.get(wanted)
         if opts.sha256:
-            from picluster.stages.image.catalog import check_sha256
-
             sha = check_sha256(opts.sha256, "--sha256")
             if entry.sha256 is not None and entry.sha256 != sha:
                 raise ImageError(f"--sha256 {sha} differs from the catalog's {entry.sha256} for {entry.name}; "
