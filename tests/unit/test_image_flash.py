@@ -335,3 +335,27 @@ def test_usage_errors_come_before_anything_else(tmp_path: Path, inv: Inventory, 
     with pytest.raises(ImageError, match=re.escape(message)) as err:
         run(inv, "node1", opts, **kw)
     assert err.value.code == 2 and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("to", ["output", "device"])
+def test_an_interrupted_flash_says_so_plainly(tmp_path: Path, built: BuiltImage, inv: Inventory, base_url: str,
+                                              monkeypatch: pytest.MonkeyPatch, to: str) -> None:
+    import picluster.stages.image.flash as flash_module
+
+    def interrupted(*args: object, **kw: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(flash_module, "write_image", interrupted)
+    target = _device(tmp_path) if to == "device" else tmp_path / "node1.img"
+    if to == "output":
+        target.write_bytes(b"previous image")
+    fake = FakeDeviceInspector({str(target): lsblk_json(str(target), size=72 * MIB)})
+    with pytest.raises(ImageError) as err:
+        run(inv, "node1", options(tmp_path, built, base_url, yes=True), inspector=fake, **{to: str(target)})
+    if to == "output":
+        assert str(err.value) == f"interrupted; {target} was not changed"
+        assert target.read_bytes() == b"previous image"
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")) == []
+    else:
+        assert "is partly written and will not boot; run image.flash again" in str(err.value)
+    assert not (tmp_path / "known_hosts").exists()

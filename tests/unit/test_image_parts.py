@@ -244,3 +244,14 @@ def test_image_overrides(tmp_path: Path) -> None:
     local = tmp_path / "x.img"
     local.write_bytes(b"x")
     assert override(str(local), None, True).usb_boot_fix
+
+
+def test_rich_progress_runs_without_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    from picluster.stages.image.progress import RichProgress
+
+    p = RichProgress()
+    p.start("download", 10 * 1024 * 1024)
+    p.advance(5 * 1024 * 1024)
+    p.finish()
+    p.note("note: a long line " + "x" * 200)
+    assert "x" * 200 in capsys.readouterr().err       # notes are never wrapped mid-word
