@@ -5,6 +5,11 @@ image as a stream and its size), `partitions` (MBR, labels), `devices` (what a t
 may write it), `writer` (stream to the target, verify), `bootfs`/`rootfs` (files on the FAT and ext4
 partitions without mounting), `bootfix` (cgroup flags, the Ubuntu 20.04 USB-boot fix), `hostkeys`
 (pinned SSH host keys and known_hosts), `secrets`, `seed` (what goes where) and `flash` (the whole run).
+
+Needs on the controller: xz-utils (optional, faster; Python's lzma otherwise), mtools (FAT), e2fsprogs
+(debugfs, for the 20.04 apt hook), util-linux (lsblk). Tested on image files only: the tests build a
+small raspi-shaped image (MBR, FAT32 system-boot, ext4 writable); real Ubuntu images, real USB disks and
+the Pi firmware booting them are not exercised on a machine without them.
 """
 
 from __future__ import annotations
