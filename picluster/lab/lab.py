@@ -201,7 +201,11 @@ class Lab:
                                                                         os.environ.get("PYTHONPATH")])))
         with open(paths.dir / "supervisor.log", "ab") as log:
             proc = subprocess.Popen(
+                # In a private mount namespace (the node's overlay mount dies with it) and in the
+                # node's network namespace, so the sysfs nspawn mounts for the node lists the node's
+                # eth0, not the host's interfaces.
                 ["unshare", "--mount", "--propagation", "private", "--",
+                 "nsenter", f"--net={network.NETNS_DIR / network.netns_name(self.bridge, h.name)}", "--",
                  sys.executable, "-m", SUPERVISOR_MODULE, str(paths.supervisor_config)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd="/", env=env,
                 start_new_session=True)
@@ -211,8 +215,13 @@ class Lab:
 
     def _ssh_probe(self, h: Host) -> bool:
         """True once `h` has booted and accepts the automation user's key with its pinned host key."""
+        import logging
+
         import paramiko
 
+        paramiko_log = logging.getLogger("paramiko")
+        if not paramiko_log.handlers:  # a node still booting resets connections: expected, not news
+            paramiko_log.addHandler(logging.NullHandler())
         t = h.ssh
         try:
             with socket.create_connection((t.address, t.port), timeout=1):
@@ -401,10 +410,19 @@ class Lab:
     # --- measuring -----------------------------------------------------------------------------------
 
     def node_pids(self, name: str) -> list[int]:
-        """The processes of a node (everything in its network namespace)."""
+        """The processes of a node: those in its network namespace and in a PID namespace of their own
+        (which leaves out its supervisor and nspawn)."""
         ns = network.netns_name(self.bridge, self.host(name).name)
         out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=10)
-        return [int(p) for p in out.stdout.split() if p.isdigit()]
+        ours = os.readlink("/proc/self/ns/pid")
+        pids = []
+        for pid in (int(p) for p in out.stdout.split() if p.isdigit()):
+            try:
+                if os.readlink(f"/proc/{pid}/ns/pid") != ours:
+                    pids.append(pid)
+            except OSError:
+                continue
+        return pids
 
     def node_memory(self, name: str) -> int:
         """Bytes of memory a node uses: the proportional set size (PSS) of its processes."""
