@@ -296,16 +296,18 @@ class Lab:
     def _node_running(self, name: str) -> bool:
         return self._node_status(self.host(name)).state == "running"
 
+    def _supervisor(self, name: str) -> int | None:
+        """The pid of the node's live supervisor, if it has one."""
+        pid = read_json(self.state_file).get("nodes", {}).get(name, {}).get("supervisor_pid")
+        return pid if _alive(pid) and SUPERVISOR_MODULE in pid_cmdline(pid) else None
+
     def _node_status(self, h: Host) -> NodeStatus:
-        paths = self.paths(h.name)
-        run = read_json(paths.run_state)
-        supervisor = read_json(self.state_file).get("nodes", {}).get(h.name, {}).get("supervisor_pid")
-        running = (_alive(supervisor) and SUPERVISOR_MODULE in " ".join(pid_cmdline(supervisor))
-                   and run.get("state") == "running" and _alive(run.get("nspawn_pid")))
-        uptime = time.time() - float(run["started"]) if running and run.get("started") else None
-        starting = _alive(supervisor) and not run  # launched, not yet reported
-        return NodeStatus(h.name, "running" if running or starting else "stopped", str(h.ip), uptime,
-                          None if running else run.get("reason"))
+        """A node runs while its supervisor does: it exits when the node powers off (not on reboot)."""
+        run = read_json(self.paths(h.name).run_state)
+        if self._supervisor(h.name) is None or run.get("state") == "stopped":
+            return NodeStatus(h.name, "stopped", str(h.ip), None, run.get("reason"))
+        started = run.get("started")
+        return NodeStatus(h.name, "running", str(h.ip), time.time() - float(started) if started else 0.0)
 
     def status(self) -> list[NodeStatus]:
         """One row per node of the inventory: state, address and uptime."""
@@ -320,6 +322,10 @@ class Lab:
         state = read_json(self.state_file)
         if not state or self.bridge not in network.lab_links(self.bridge) or not self.paths(name).seeded.exists():
             raise LabError(f"the lab is not up; run `invoke lab.up --inventory {self.inv.path}` first")
+        previous = self._supervisor(name)
+        if previous is not None:  # still tidying up after the node's poweroff
+            if self._wait_gone([previous], STOP_GRACE + 4):
+                raise LabError(f"{name}'s previous run (pid {previous}) does not end; run `invoke lab.down`")
         started = time.monotonic()
         index = self.hosts.index(h)
         network.ensure_node_link(self.bridge, network.netns_name(self.bridge, name),

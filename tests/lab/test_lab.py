@@ -113,7 +113,7 @@ def test_reboot_restarts_the_node(running_lab) -> None:
 
 
 def _leftovers(lab) -> list[str]:
-    """Everything of the lab that still exists on this host."""
+    """Everything of this lab that still exists on this host (other labs may run next to it)."""
     found = []
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
     found += [f"netns {n.split()[0]}" for n in netns.splitlines() if n.startswith(f"{lab.bridge}-")]
@@ -131,7 +131,8 @@ def _leftovers(lab) -> list[str]:
         except OSError:
             continue
         text = b" ".join(argv).decode(errors="replace")
-        if ("picluster.lab.supervisor" in text or "systemd-nspawn" in text
+        if (("picluster.lab.supervisor" in text and str(lab.dir) in text)
+                or ("systemd-nspawn" in text and f"--machine={lab.bridge}-" in text)
                 or (text.startswith("apt-cacher-ng") and str(lab.proxy_dir) in text)):
             found.append(f"process {proc.name}: {text[:80]}")
     cgroups = Path("/sys/fs/cgroup")
