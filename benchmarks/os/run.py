@@ -108,6 +108,9 @@ def run_ansible(inv: Any, ansible_bin: Path) -> dict[str, Any]:
         m = re.match(r"^<([^>]+)> SSH: EXEC ssh ", line)
         if m and m.group(1) in address:
             execs[address[m.group(1)]] += 1
+    changed_tasks = sorted({m.group(1) for m in re.finditer(r"^(?:TASK|RUNNING HANDLER) \[([^\]]+)\].*?(?=^TASK |^RUNNING HANDLER |\Z)", proc.stdout,
+                                                             re.MULTILINE | re.DOTALL)
+                            if re.search(r"^changed: ", m.group(0), re.MULTILINE)})
     recap = {m.group(1): {"ok": int(m.group(2)), "changed": int(m.group(3)), "failed": int(m.group(5))}
              for m in re.finditer(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
                                   proc.stdout, re.MULTILINE)}
@@ -115,7 +118,7 @@ def run_ansible(inv: Any, ansible_bin: Path) -> dict[str, Any]:
         tail = "\n".join(proc.stdout.splitlines()[-40:])
         print(f"ansible-playbook exited {proc.returncode}:\n{tail}\n{proc.stderr[-2000:]}", file=sys.stderr)
     return {"tool": "ansible", "wall": round(wall, 2), "rc": proc.returncode, "recap": recap,
-            "ssh_execs": dict(execs)}
+            "ssh_execs": dict(execs), "changed_tasks": changed_tasks}
 
 
 def count_sessions() -> collections.Counter[str]:

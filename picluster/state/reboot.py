@@ -12,8 +12,10 @@ controller (new SSH connections while it waits); a runner-level "reboot and reco
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from picluster.remote import NEEDS_REBOOT, Change, Command, Decision, HostLike, Ok, ProbeOutput, StepError
@@ -90,6 +92,18 @@ def read_boot_id(host: HostLike, timeout: float) -> str | None:
         conn.close()
 
 
+@contextmanager
+def quiet_ssh_errors() -> Iterator[None]:
+    """Keep paramiko from printing a traceback for every refused attempt while a host reboots."""
+    logger = logging.getLogger("paramiko.transport")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 class AwaitBoot:
     """After `Reboot`, wait (bounded) until the host answers SSH with a new boot id."""
 
@@ -115,11 +129,12 @@ class AwaitBoot:
         if not old:
             return AwaitFacts("")
         start = time.monotonic()
-        while time.monotonic() - start < self.wait_s:
-            now = self.reader(self.host, min(10.0, self.poll_s * 3))
-            if now and now != old:
-                return AwaitFacts(old, now, time.monotonic() - start)
-            time.sleep(self.poll_s)
+        with quiet_ssh_errors():
+            while time.monotonic() - start < self.wait_s:
+                now = self.reader(self.host, min(10.0, self.poll_s * 3))
+                if now and now != old:
+                    return AwaitFacts(old, now, time.monotonic() - start)
+                time.sleep(self.poll_s)
         return AwaitFacts(old, "", time.monotonic() - start,
                           error=f"{self.host.name} did not come back within {self.wait_s:.0f}s after its reboot")
 
