@@ -108,8 +108,9 @@ def run_ansible(inv: Any, ansible_bin: Path) -> dict[str, Any]:
         m = re.match(r"^<([^>]+)> SSH: EXEC ssh ", line)
         if m and m.group(1) in address:
             execs[address[m.group(1)]] += 1
-    changed_tasks = sorted({m.group(1) for m in re.finditer(r"^(?:TASK|RUNNING HANDLER) \[([^\]]+)\].*?(?=^TASK |^RUNNING HANDLER |\Z)", proc.stdout,
-                                                             re.MULTILINE | re.DOTALL)
+    block = re.compile(r"^(?:TASK|RUNNING HANDLER) \[([^\]]+)\].*?(?=^TASK |^RUNNING HANDLER |\Z)",
+                       re.MULTILINE | re.DOTALL)
+    changed_tasks = sorted({m.group(1) for m in block.finditer(proc.stdout)
                             if re.search(r"^changed: ", m.group(0), re.MULTILINE)})
     recap = {m.group(1): {"ok": int(m.group(2)), "changed": int(m.group(3)), "failed": int(m.group(5))}
              for m in re.finditer(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
