@@ -86,7 +86,7 @@ class Batch:
             marks |= decision.sets
         if not commands:
             if skips:
-                return Ok(SKIPPED + "; ".join(skips) + (f" (the other {len(oks)} are ok)" if oks else ""))
+                return Ok(SKIPPED + "; ".join(skips) + (f" (and {len(oks)} ok)" if oks else ""))
             return Ok("; ".join(oks))
         if skips:
             diffs.append("[skipped]\n" + "\n".join(skips))

@@ -202,7 +202,7 @@ def test_batch_of_ok_steps_is_ok_with_every_reason_and_skips_first() -> None:
                "1.inner.file": MISSING, "1.only_if": out("", 1)}
     decision = batch.decide(batch.parse(outputs, NO_MARKS))
     assert is_skipped(decision)
-    assert decision.reason == "skipped: sysctl c.d: no c.d (the other 1 are ok)"
+    assert decision.reason == "skipped: sysctl c.d: no c.d (and 1 ok)"
 
 
 def test_batch_names_the_step_that_cannot_decide() -> None:
