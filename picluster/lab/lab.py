@@ -23,7 +23,7 @@ from typing import Any
 
 import picluster
 from picluster.inventory import Host, Inventory, load_inventory
-from picluster.lab import base, keys, network, node, prereqs, proxy
+from picluster.lab import base, keys, network, node, prereqs, proxy, wan
 from picluster.lab.common import LabError, all_pids, pid_cmdline, read_json, write_json
 from picluster.lab.node import NodePaths
 
@@ -143,6 +143,9 @@ class Lab:
         for index, h in enumerate(self.hosts):
             ns = network.netns_name(self.bridge, h.name)
             network.ensure_node_link(self.bridge, ns, network.veth_name(self.bridge, index), h.mac)
+        wan.ensure(self.inv)  # the gateway's WAN interface, when the inventory gives it one
+        for h in self.hosts:
+            ns = network.netns_name(self.bridge, h.name)
             if self._node_running(h.name):
                 continue
             paths = self.paths(h.name)
@@ -404,6 +407,7 @@ class Lab:
         self._wait_gone(proxies, 3)
         removed += [f"apt proxy {p}" for p in proxies]
         removed += network.remove_all(self.bridge)
+        removed += self._remove_cgroups()
         for point in reversed(self.mounts()):  # none normally: node mounts are private to supervisors
             subprocess.run(["umount", "--lazy", point], capture_output=True, timeout=30, check=False)
             removed.append(f"mount {point}")
@@ -411,6 +415,19 @@ class Lab:
             for h in self.hosts:
                 node.wipe(self.paths(h.name))
         self.state_file.unlink(missing_ok=True)
+        return removed
+
+    def _remove_cgroups(self) -> list[str]:
+        """The nodes' cgroups that supervisors killed before tidying up left behind."""
+        from picluster.lab import supervisor
+
+        removed = []
+        for h in self.hosts:
+            machine = network.netns_name(self.bridge, h.name)
+            recorded = read_json(self.paths(h.name).run_state).get("cgroups", [])
+            for d in {*map(Path, recorded), *supervisor.cgroup_dirs(machine)}:
+                if d.name == machine and d.is_dir() and supervisor.rmdir_tree(d):
+                    removed.append(f"cgroup {d}")
         return removed
 
     # --- measuring -----------------------------------------------------------------------------------

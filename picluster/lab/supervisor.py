@@ -77,22 +77,30 @@ def enter_cgroups(name: str) -> list[Path]:
     return entered
 
 
+def rmdir_tree(d: Path) -> bool:
+    """Remove an (empty of processes) cgroup and the ones below it, deepest first; True when gone."""
+    if not d.is_dir():
+        return True
+    for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        try:
+            sub.rmdir()
+        except OSError:
+            pass
+    try:
+        d.rmdir()
+    except OSError:
+        return False
+    return True
+
+
 def remove_cgroups(dirs: list[Path]) -> None:
-    """Leave our cgroups for their parents and remove them, deepest first (they must be empty)."""
+    """Leave our cgroups for their parents and remove them."""
     for d in dirs:
         try:
             (d.parent / "cgroup.procs").write_text(str(os.getpid()), encoding="utf-8")
         except OSError:
             pass
-        for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-            try:
-                sub.rmdir()
-            except OSError:
-                pass
-        try:
-            d.rmdir()
-        except OSError:
-            pass
+        rmdir_tree(d)
 
 
 def _write_state(path: Path, data: dict[str, Any]) -> None:
@@ -122,6 +130,7 @@ def main(config_path: str) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     cgroups = enter_cgroups(cfg["machine"])
+    state["cgroups"] = [str(d) for d in cgroups]  # for lab.down, should we be killed
     merged = cfg["merged"]
     options = f"lowerdir={cfg['lower']},upperdir={cfg['upper']},workdir={cfg['work']}"
     mounted = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, merged],
