@@ -421,13 +421,22 @@ class Lab:
         """The nodes' cgroups that supervisors killed before tidying up left behind."""
         from picluster.lab import supervisor
 
-        removed = []
+        left: set[Path] = set()
         for h in self.hosts:
             machine = network.netns_name(self.bridge, h.name)
             recorded = read_json(self.paths(h.name).run_state).get("cgroups", [])
-            for d in {*map(Path, recorded), *supervisor.cgroup_dirs(machine)}:
-                if d.name == machine and d.is_dir() and supervisor.rmdir_tree(d):
+            left |= {d for d in {*map(Path, recorded), *supervisor.cgroup_dirs(machine)}
+                     if d.name == machine and d.is_dir()}
+        removed = []
+        deadline = time.monotonic() + 5  # killed processes leave their cgroups once the kernel reaps them
+        while left:
+            for d in sorted(left):
+                if supervisor.rmdir_tree(d):
                     removed.append(f"cgroup {d}")
+                    left.discard(d)
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         return removed
 
     # --- measuring -----------------------------------------------------------------------------------
