@@ -1,0 +1,139 @@
+"""The lab's pure parts, without root: sources parsing, proxy config, names, keys, a node's seeded disk."""
+
+from __future__ import annotations
+
+import stat
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import paramiko
+import pytest
+import yaml
+
+from picluster.inventory import Inventory, load_inventory
+from picluster.lab import base, keys, network, node, prereqs, proxy, supervisor
+from picluster.lab.common import LabError
+
+REPO = Path(__file__).resolve().parents[2]
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK0wmN/Cr3JXqmLW7u+g9pTh+wyqDHpSQEIQczXkVx9q admin@laptop"
+
+
+@pytest.fixture
+def lab_inv(tmp_path: Path) -> Inventory:
+    data = yaml.safe_load((REPO / "hosts" / "lab.yml").read_text())
+    data["cluster"]["admin_users"] = [{"name": "picluster", "ssh_keys": [KEY]}]
+    path = tmp_path / "lab.yml"
+    path.write_text(yaml.safe_dump(data))
+    return load_inventory(path)
+
+
+def test_archive_urls_come_from_the_hosts_sources_in_both_formats(tmp_path: Path) -> None:
+    d = tmp_path / "sources.list.d"
+    d.mkdir()
+    (d / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n")
+    (d / "other.list").write_text("deb [arch=amd64] https://vendor.example/apt stable main\n")
+    assert base.archive_urls("bookworm", (tmp_path / "none", d)) == {
+        "debian": "http://mirror.example/debian", "security": "http://mirror.example/debian-security"}
+    one_line = tmp_path / "sources.list"
+    one_line.write_text("# comment\ndeb http://old.example/debian/ bookworm main contrib\n")
+    assert base.archive_urls("bookworm", (one_line,)) == {"debian": "http://old.example/debian"}
+    with pytest.raises(LabError, match="no apt source for Debian trixie"):
+        base.archive_urls("trixie", (one_line,))
+
+
+def test_base_recipe_digest_changes_with_the_package_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = base.recipe_digest()
+    assert before == base.recipe_digest()
+    monkeypatch.setattr(base, "PACKAGES", (*base.PACKAGES, "chrony"))
+    assert base.recipe_digest() != before
+
+
+def test_base_is_cached_outside_the_clone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(base.CACHE_ENV, raising=False)
+    assert not str(base.base_rootfs()).startswith(str(REPO))
+    monkeypatch.setenv(base.CACHE_ENV, str(tmp_path))
+    assert base.base_rootfs() == tmp_path / base.recipe_digest() / "rootfs"
+    assert not base.is_built()
+
+
+def test_proxy_config_binds_the_bridge_and_uses_the_hosts_archive(tmp_path: Path) -> None:
+    archives = {"debian": "http://mirror.example/debian", "security": "http://mirror.example/debian-security"}
+    conf = proxy.config(tmp_path, IPv4Address("10.250.0.10"), 3142, archives)
+    lines = conf.splitlines()
+    assert "BindAddress: 10.250.0.10" in lines and "Port: 3142" in lines
+    assert "Remap-debrep: /debian mirror.example/debian ; file:backends_debian" in lines
+    assert (tmp_path / "conf" / "backends_debian").read_text() == "http://mirror.example/debian/\n"
+    assert (tmp_path / "conf" / "backends_debian_security").read_text() == "http://mirror.example/debian-security/\n"
+    assert f"CacheDir: {tmp_path / 'cache'}" in lines
+
+
+def test_link_names_fit_the_kernel_limit() -> None:
+    assert network.netns_name("pclab0", "node1") == "pclab0-node1"
+    assert network.veth_name("pclab0", 4) == "pclab0n4"
+    with pytest.raises(LabError, match="at most 11"):
+        network.veth_name("abcdefghijklm", 10)
+
+
+def test_generated_keys_load_and_known_hosts_name_the_port(tmp_path: Path) -> None:
+    pair = keys.ensure_keypair(tmp_path / "ssh" / "id_ed25519", "lab")
+    assert stat.S_IMODE((tmp_path / "ssh" / "id_ed25519").stat().st_mode) == 0o600
+    loaded = paramiko.Ed25519Key.from_private_key_file(str(tmp_path / "ssh" / "id_ed25519"))
+    assert pair.public.split()[1] == loaded.get_base64()
+    assert keys.ensure_keypair(tmp_path / "ssh" / "id_ed25519", "lab") == pair, "kept once made"
+    assert keys.known_hosts_line("10.250.0.11", 22, pair.public).startswith("10.250.0.11 ssh-ed25519 ")
+    assert keys.known_hosts_line("10.250.0.11", 2222, pair.public).startswith("[10.250.0.11]:2222 ssh-ed25519 ")
+
+
+def _fake_base(root: Path) -> Path:
+    for d, mode in (("etc", 0o755), ("etc/ssh", 0o755), ("etc/apt/apt.conf.d", 0o755), ("boot", 0o755),
+                    ("var/lib/cloud", 0o700)):
+        (root / d).mkdir(parents=True, exist_ok=True)
+        (root / d).chmod(mode)
+    (root / "etc" / "locale.gen").write_text("# en_US.UTF-8 UTF-8\n# es_ES.UTF-8 UTF-8\n")
+    return root
+
+
+def test_seed_writes_a_flashed_pis_files_into_the_upper_layer(tmp_path: Path, lab_inv: Inventory) -> None:
+    lower = _fake_base(tmp_path / "base")
+    paths = node.NodePaths(tmp_path / "nodes" / "node1")
+    host = lab_inv.hosts["node1"]
+    key = keys.generate_ed25519("node1")
+    assert node.seed(lab_inv, host, lower, paths, key, (IPv4Address("10.250.0.10"), 3142))
+    up = paths.upper
+    for name in ("config.txt", "cmdline.txt", "user-data", "network-config", "meta-data"):
+        assert (up / "boot" / "firmware" / name).is_file()
+    for name in ("user-data", "network-config", "meta-data"):
+        assert (up / "var/lib/cloud/seed/nocloud" / name).read_text() == (up / "boot/firmware" / name).read_text()
+    assert stat.S_IMODE((up / "boot/firmware/user-data").stat().st_mode) == 0o600, "it holds the host key"
+    assert stat.S_IMODE((up / "var/lib/cloud").stat().st_mode) == 0o700, "modes come from the base"
+    ud = yaml.safe_load((up / "boot/firmware/user-data").read_text())
+    assert "bootcmd" not in ud, "a lab node has no disk to partition"
+    assert ud["ssh_keys"]["ed25519_public"] == key.public
+    assert (up / "etc/ssh/ssh_host_ed25519_key.pub").read_text().strip() == key.public
+    assert (up / "etc/apt/apt.conf.d/01proxy").read_text() == 'Acquire::http::Proxy "http://10.250.0.10:3142";\n'
+    assert "es_ES.UTF-8 UTF-8" in (up / "etc/locale.gen").read_text().splitlines()
+    nc = yaml.safe_load((up / "boot/firmware/network-config").read_text())
+    assert nc["ethernets"]["eth0"]["addresses"] == ["10.250.0.11/24"]
+    assert not node.seed(lab_inv, host, lower, paths, key, (IPv4Address("10.250.0.10"), 3142)), "only once"
+
+
+def test_supervisor_runs_nspawn_booted_unregistered_in_the_nodes_namespace() -> None:
+    argv = supervisor.nspawn_argv({"merged": "/x/root", "machine": "pclab0-node1",
+                                   "netns_path": "/run/netns/pclab0-node1"})
+    assert argv[0] == "systemd-nspawn"
+    for flag in ("--boot", "--register=no", "--keep-unit", "--directory=/x/root", "--machine=pclab0-node1",
+                 "--network-namespace-path=/run/netns/pclab0-node1", "--capability=CAP_NET_ADMIN"):
+        assert flag in argv
+
+
+def test_prerequisites_fail_in_one_line_without_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prereqs.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(prereqs.os, "geteuid", lambda: 1000)
+    with pytest.raises(LabError, match="needs root") as err:
+        prereqs.ensure()
+    assert "\n" not in str(err.value)
+    monkeypatch.setattr(prereqs.platform, "system", lambda: "Darwin")
+    with pytest.raises(LabError, match="needs Linux"):
+        prereqs.ensure()
