@@ -102,6 +102,11 @@ class Lab:
     def paths(self, name: str) -> NodePaths:
         return NodePaths(self.dir / "nodes" / name)
 
+    def flashed_image(self, name: str) -> Path:
+        """Where an image the image stage flashed for host `name` is looked for: when there is one,
+        the node's config.txt and cmdline.txt come from its boot partition."""
+        return self.dir / "images" / f"{name}.img"
+
     def host(self, name: str) -> Host:
         try:
             return self.inv.hosts[name]
@@ -152,7 +157,9 @@ class Lab:
             if paths.seeded.exists() and paths.seeded.read_text(encoding="utf-8") != str(lower):
                 self._say(f"[yellow]lab[/]: {h.name}'s disk was made on another base; starting it afresh")
                 node.wipe(paths)
-            node.seed(self.inv, h, lower, paths, host_keys[h.name], self.proxy_address)
+            image = self.flashed_image(h.name)
+            boot_files = node.flashed_boot_files(image) if image.is_file() else None
+            node.seed(self.inv, h, lower, paths, host_keys[h.name], self.proxy_address, boot_files)
             state["nodes"][h.name] = {"supervisor_pid": self._start_supervisor(h, lower), "netns": ns}
             write_json(self.state_file, state)
             booting.append(h)

@@ -130,6 +130,22 @@ def _enable_locale(base: Path, upper: Path, locale: str) -> None:
     write_atomic(_mkdirs(base, upper, "etc") / "locale.gen", "\n".join(lines) + "\n")
 
 
+def flashed_boot_files(image: Path) -> dict[str, str]:
+    """config.txt and cmdline.txt from the system-boot partition of an image file the image stage
+    flashed (`invoke image.flash --host H --output <lab state>/images/H.img`)."""
+    from picluster.stages.image import ImageError
+    from picluster.stages.image.bootfs import FatPartition
+    from picluster.stages.image.partitions import file_reader, find_boot
+
+    try:
+        part = find_boot(file_reader(str(image)), str(image))
+        fat = FatPartition(str(image), part.offset)
+        found = {name: fat.read(name) for name in cloudinit.BOOT_FILES}
+    except (ImageError, OSError) as err:
+        raise LabError(f"cannot take the boot files from {image}: {err}") from None
+    return {name: data.decode("utf-8") for name, data in found.items() if data is not None}
+
+
 def wipe(paths: NodePaths) -> None:
     """Remove the node's disk (its upper layer and everything else under its folder)."""
     if paths.dir.exists():

@@ -9,10 +9,13 @@ from pathlib import Path
 import paramiko
 import pytest
 import yaml
+from image_support.builder import build_raspi_image
 
 from picluster.inventory import Inventory, load_inventory
 from picluster.lab import base, keys, network, node, prereqs, proxy, supervisor
 from picluster.lab.common import LabError
+from picluster.stages.image.bootfs import FatPartition
+from picluster.stages.image.partitions import file_reader, find_boot
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK0wmN/Cr3JXqmLW7u+g9pTh+wyqDHpSQEIQczXkVx9q admin@laptop"
@@ -137,3 +140,18 @@ def test_prerequisites_fail_in_one_line_without_root(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(prereqs.platform, "system", lambda: "Darwin")
     with pytest.raises(LabError, match="needs Linux"):
         prereqs.ensure()
+
+
+def test_a_flashed_image_gives_the_node_its_boot_files(tmp_path: Path, lab_inv: Inventory) -> None:
+    built = build_raspi_image(tmp_path / "img")
+    boot = find_boot(file_reader(str(built.raw)), "image")
+    FatPartition(str(built.raw), boot.offset).write("cmdline.txt", b"console=tty1 flashed=yes\n")
+    files = node.flashed_boot_files(built.raw)
+    assert files["cmdline.txt"] == "console=tty1 flashed=yes\n"
+    lower = _fake_base(tmp_path / "base")
+    paths = node.NodePaths(tmp_path / "nodes" / "node2")
+    node.seed(lab_inv, lab_inv.hosts["node2"], lower, paths, keys.generate_ed25519("n"),
+              (IPv4Address("10.250.0.10"), 3142), files)
+    assert (paths.upper / "boot/firmware/cmdline.txt").read_text() == "console=tty1 flashed=yes\n"
+    with pytest.raises(LabError, match="cannot take the boot files"):
+        node.flashed_boot_files(tmp_path / "missing.img")
