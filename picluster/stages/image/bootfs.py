@@ -25,6 +25,10 @@ class Files(Protocol):
 
     def write(self, name: str, data: bytes, mode: int = 0o644) -> None: ...
 
+    def read_many(self, names: list[str]) -> dict[str, bytes | None]: ...
+
+    def write_many(self, files: dict[str, tuple[bytes, int]]) -> None: ...
+
 
 @contextmanager
 def plain_link(path: str) -> Iterator[str]:
@@ -64,24 +68,47 @@ class FatPartition:
                 if line.startswith("::/")]
 
     def read(self, name: str) -> bytes | None:
-        with plain_link(self.disk) as link:
-            out = run_tool(["mcopy", "-n", "-i", self._image(link), f"::/{name}", "-"], "mtools")
-        if out.returncode != 0:
-            if b"not found" in out.stderr:
-                return None
-            raise ImageError(f"cannot read {name} from {self.where}: {_last(out.stderr)}", code=1)
-        return out.stdout
+        return self.read_many([name])[name]
 
     def write(self, name: str, data: bytes, mode: int = 0o644) -> None:
         """Replace (or create) `name`; FAT keeps no modes."""
+        self.write_many({name: (data, mode)})
+
+    def read_many(self, names: list[str]) -> dict[str, bytes | None]:
+        """Several files of the root folder in one mtools run (None for those that do not exist)."""
+        if not names:
+            return {}
+        for name in names:
+            _plain_name(name)
         with plain_link(self.disk) as link, tempfile.TemporaryDirectory(prefix="picluster-") as tmp:
-            local = os.path.join(tmp, "file")
-            fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            out = run_tool(["mcopy", "-o", "-D", "o", "-i", self._image(link), local, f"::/{name}"], "mtools")
+            out = run_tool(["mcopy", "-n", "-i", self._image(link), *(f"::/{n}" for n in names), tmp + "/"],
+                           "mtools")
+            found: dict[str, bytes | None] = {}
+            for name in names:
+                try:
+                    with open(os.path.join(tmp, name), "rb") as f:
+                        found[name] = f.read()
+                except FileNotFoundError:
+                    found[name] = None
+        errors = [line for line in out.stderr.decode("utf-8", "replace").splitlines()
+                  if line.strip() and "not found" not in line]
+        if out.returncode != 0 and errors:
+            raise ImageError(f"cannot read from {self.where}: {errors[-1][:200]}", code=1)
+        return found
+
+    def write_many(self, files: dict[str, tuple[bytes, int]]) -> None:
+        """Replace (or create) several files of the root folder in one mtools run; FAT keeps no modes."""
+        if not files:
+            return
+        with plain_link(self.disk) as link, tempfile.TemporaryDirectory(prefix="picluster-") as tmp:
+            for name, (data, _mode) in files.items():
+                fd = os.open(os.path.join(tmp, _plain_name(name)), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            out = run_tool(["mcopy", "-o", "-D", "o", "-i", self._image(link),
+                            *(os.path.join(tmp, n) for n in files), "::/"], "mtools")
         if out.returncode != 0:
-            raise ImageError(f"cannot write {name} to {self.where}: {_last(out.stderr)}", code=1)
+            raise ImageError(f"cannot write {', '.join(files)} to {self.where}: {_last(out.stderr)}", code=1)
 
 
 class Directory:
@@ -105,6 +132,13 @@ class Directory:
         except FileNotFoundError:
             return None
 
+    def read_many(self, names: list[str]) -> dict[str, bytes | None]:
+        return {name: self.read(name) for name in names}
+
+    def write_many(self, files: dict[str, tuple[bytes, int]]) -> None:
+        for name, (data, mode) in files.items():
+            self.write(name, data, mode)
+
     def write(self, name: str, data: bytes, mode: int = 0o644) -> None:
         path = self._path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,6 +155,13 @@ class Directory:
         except OSError:
             pass              # a FAT mount refuses modes and owners (unless mounted with `quiet`)
         os.replace(tmp, path)
+
+
+def _plain_name(name: str) -> str:
+    """A file name of the boot partition's root folder (no folders, nothing a tool could parse)."""
+    if not name or "/" in name or name in (".", "..") or name.startswith("-") or "\x00" in name:
+        raise ImageError(f"{name!r} is not a plain file name for the boot partition")
+    return name
 
 
 def _last(stderr: bytes) -> str:

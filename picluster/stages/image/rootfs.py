@@ -39,6 +39,13 @@ class ExtPartition:
                 except FileNotFoundError:
                     raise ImageError(f"cannot read {name} from {self.where}", code=1) from None
 
+    def read_many(self, names: list[str]) -> dict[str, bytes | None]:
+        return {name: self.read(name) for name in names}
+
+    def write_many(self, files: dict[str, tuple[bytes, int]]) -> None:
+        for name, (data, mode) in files.items():
+            self.write(name, data, mode)
+
     def write(self, name: str, data: bytes, mode: int = 0o644) -> None:
         """Replace (or create) `name` (its folder must exist), owned by root with `mode`; read back to check."""
         folder, base = posixpath.split(name)

@@ -89,45 +89,44 @@ def write_cache(seed: Seed, folder: Path) -> None:
         write_private(folder / name, f.content.decode(), f.mode)
 
 
-def _put(files: Files, name: str, data: bytes, done: Applied, mode: int = 0o644) -> None:
-    if files.read(name) == data:
-        done.unchanged.append(name)
-        return
-    files.write(name, data, mode)
-    done.changed.append(name)
+def _write_changed(files: Files, desired: dict[str, tuple[bytes, int]],
+                   current: dict[str, bytes | None], done: Applied) -> None:
+    changed = {name: d for name, d in desired.items() if current.get(name) != d[0]}
+    files.write_many(changed)
+    done.changed.extend(changed)
+    done.unchanged.extend(name for name in desired if name not in changed)
 
 
 def apply(seed: Seed, boot: Files, root: Files | None, usb_boot_fix: bool) -> Applied:
-    """Put the seed, the cgroup flags and (for 20.04) the USB-boot fix onto the partitions."""
+    """Put the seed, the cgroup flags and (for 20.04) the USB-boot fix onto the partitions.
+
+    Everything is read and checked first, then only what differs is written (in one go per partition).
+    """
     done = Applied()
-    cmdline = boot.read("cmdline.txt")
+    fix_names = ["vmlinuz", "config.txt", "vmlinux", bootfix.CHECK_FILE, bootfix.DECOMPRESS_SCRIPT]
+    current = boot.read_many([*seed.files, "cmdline.txt", *(fix_names if usb_boot_fix else [])])
+    cmdline = current["cmdline.txt"]
     if cmdline is None:
         raise ImageError(f"{boot.where} has no cmdline.txt; is it the system-boot partition of a raspi image?")
-    fixed_vmlinux = None
-    config = None
-    vmlinuz = None
+    desired = {name: (f.content, f.mode) for name, f in seed.files.items()}
+    desired["cmdline.txt"] = (bootfix.cmdline_with_cgroups(cmdline.decode("utf-8", "replace")).encode(), 0o644)
+    root_desired: dict[str, tuple[bytes, int]] = {}
     if usb_boot_fix:
-        # Read and check everything before the first write.
-        vmlinuz = boot.read("vmlinuz")
+        vmlinuz, config = current["vmlinuz"], current["config.txt"]
         if vmlinuz is None:
             raise ImageError(f"{boot.where} has no vmlinuz; the USB-boot fix is for Ubuntu 20.04 raspi images")
-        fixed_vmlinux = bootfix.decompress_kernel(vmlinuz)
-        current_config = boot.read("config.txt")
-        if current_config is None:
+        if config is None:
             raise ImageError(f"{boot.where} has no config.txt")
-        config = bootfix.config_for_vmlinux(current_config.decode("utf-8", "replace"))
-    for name, f in seed.files.items():
-        _put(boot, name, f.content, done, f.mode)
-    _put(boot, "cmdline.txt", bootfix.cmdline_with_cgroups(cmdline.decode("utf-8", "replace")).encode(), done)
-    if usb_boot_fix:
-        assert fixed_vmlinux is not None and config is not None and vmlinuz is not None
-        _put(boot, "vmlinux", fixed_vmlinux, done)
-        _put(boot, bootfix.CHECK_FILE, bootfix.check_md5(vmlinuz).encode(), done)
-        _put(boot, "config.txt", config.encode(), done)
-        _put(boot, bootfix.DECOMPRESS_SCRIPT, bootfix.decompress_script().encode(), done, 0o755)
-        if root is not None:
-            _put(root, bootfix.APT_HOOK, bootfix.apt_hook().encode(), done)
-        else:
-            done.notes.append(f"the apt hook {bootfix.APT_HOOK} was not written (no root partition given); "
-                              "without it a kernel upgrade will not boot from USB: pass --root-dir")
+        desired["vmlinux"] = (bootfix.decompress_kernel(vmlinuz), 0o644)
+        desired[bootfix.CHECK_FILE] = (bootfix.check_md5(vmlinuz).encode(), 0o644)
+        desired["config.txt"] = (bootfix.config_for_vmlinux(config.decode("utf-8", "replace")).encode(), 0o644)
+        desired[bootfix.DECOMPRESS_SCRIPT] = (bootfix.decompress_script().encode(), 0o755)
+        root_desired[bootfix.APT_HOOK] = (bootfix.apt_hook().encode(), 0o644)
+    root_current = root.read_many(list(root_desired)) if root is not None else {}
+    _write_changed(boot, desired, current, done)
+    if root is not None:
+        _write_changed(root, root_desired, root_current, done)
+    elif root_desired:
+        done.notes.append(f"the apt hook {bootfix.APT_HOOK} was not written (no root partition given); "
+                          "without it a kernel upgrade will not boot from USB: pass --root-dir")
     return done
