@@ -255,3 +255,18 @@ def test_rich_progress_runs_without_a_terminal(capsys: pytest.CaptureFixture[str
     p.finish()
     p.note("note: a long line " + "x" * 200)
     assert "x" * 200 in capsys.readouterr().err       # notes are never wrapped mid-word
+
+
+def test_this_machines_root_disk_is_refused_by_the_real_inspector() -> None:
+    """Read-only: lsblk and the mount table of this machine, through the real inspector."""
+    import shutil
+    import stat
+
+    from picluster.stages.image.devices import SystemInspector, inspect
+
+    root = next((m.source for m in parse_mounts(Path("/proc/self/mounts").read_text())
+                 if m.mountpoint == "/"), "")
+    if not root.startswith("/dev/") or not shutil.which("lsblk") or not stat.S_ISBLK(os.stat(root).st_mode):
+        pytest.skip(f"/ is not on a block device here ({root or 'unknown'})")
+    facts = inspect(root, SystemInspector())
+    assert "never overwritten" in " ".join(refusals(facts, 1, force=True))
