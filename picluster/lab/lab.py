@@ -377,7 +377,7 @@ class Lab:
 
     def mounts(self) -> list[str]:
         """Mount points on this host that belong to the lab (none outside a running supervisor)."""
-        prefixes = (str(self.dir) + "/", str(base.cache_root()) + "/", f"{network.NETNS_DIR}/{self.bridge}-")
+        prefixes = (str(self.dir) + "/", f"{network.NETNS_DIR}/{self.bridge}-")
         found = []
         with open("/proc/self/mountinfo", encoding="utf-8") as fh:
             for line in fh:
