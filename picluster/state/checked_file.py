@@ -24,8 +24,8 @@ def checked_write(path: str, data: bytes, check: str, *, mode: int | None, owner
         'base64 -d > "$tmp"',
         f'if [ -e {p} ]; then chown --reference={p} -- "$tmp"; chmod --reference={p} -- "$tmp"; fi',
         *attr_commands('"$tmp"', mode, owner, group),
-        check.replace("{path}", '"$tmp"') + ' >&2 || { echo "rejected: the new ' + path.replace("'", "")
-        + ' does not pass its check; the old one stays" >&2; exit 1; }',
+        check.replace("{path}", '"$tmp"') + " >&2 || { printf '%s\\n' "
+        + q(f"rejected: the new {path} does not pass its check; the old one stays") + " >&2; exit 1; }",
         f'mv -f -- "$tmp" {p}',
     ]
     return Command("\n".join(lines), stdin=base64.b64encode(data) + b"\n")
