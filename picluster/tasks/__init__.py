@@ -7,15 +7,16 @@ from invoke import Collection
 
 def namespace() -> Collection:
     """Build the root collection. Task modules import heavy libraries inside task bodies only."""
-    from picluster.tasks import check, cluster, gateway, image, inventory, os_stage, versions
+    from picluster.tasks import check, cluster, gateway, image, inventory, lab, os_stage, versions
 
     ns = Collection()
     ns.add_collection(Collection.from_module(inventory, name="inventory"))
-    ns.add_collection(Collection.from_module(cluster, name="cluster"))
     ns.add_collection(Collection.from_module(image, name="image"))
+    ns.add_collection(Collection.from_module(cluster, name="cluster"))
     ns.add_collection(Collection.from_module(os_stage, name="os"))
     ns.add_collection(Collection.from_module(gateway, name="gateway"))
-    ns.add_task(check.check)
     ns.add_collection(Collection.from_module(versions, name="versions"))
+    ns.add_collection(Collection.from_module(lab, name="lab"))
+    ns.add_task(check.check)
     ns.configure({"run": {"echo": False}})
     return ns
