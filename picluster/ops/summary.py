@@ -43,6 +43,15 @@ class HostProgress:
             self.progress.advance(self.task)
 
 
+SKIP_PREFIX = "skipped:"
+
+
+def skipped_steps(result: HostResult) -> list[str]:
+    """Steps this host could not do here, by the convention of an Ok whose reason starts 'skipped:'."""
+    return [f"{s.name}: {s.reason[len(SKIP_PREFIX):].strip()}" for s in result.steps
+            if s.status == "ok" and s.reason.startswith(SKIP_PREFIX)]
+
+
 def _cell(result: HostResult | None) -> str:
     if result is None:
         return "[dim]skipped[/dim]"
@@ -50,7 +59,9 @@ def _cell(result: HostResult | None) -> str:
     changed = result.counts()["changed"]
     word = "unreach" if result.status == "unreachable" else result.status
     extra = f" {changed}" if result.status == "changed" else ""
-    return f"[{style}]{word}{extra}[/{style}]"
+    skips = len(skipped_steps(result))
+    note = f" [dim]+{skips} skip[/dim]" if skips else ""
+    return f"[{style}]{word}{extra}[/{style}]{note}"
 
 
 def print_up(run: UpRun, *, verbose: bool = False, console: Console | None = None) -> None:
@@ -75,6 +86,12 @@ def print_up(run: UpRun, *, verbose: bool = False, console: Console | None = Non
     for o in run.outcomes:
         if o.skipped:
             console.print(f"[dim]{o.stage.name}: skipped: {o.skipped}[/dim]", highlight=False)
+        skips: dict[str, list[str]] = {}
+        for r in o.result.hosts if o.result else []:
+            for line in skipped_steps(r):
+                skips.setdefault(line, []).append(r.host)
+        for line, on in skips.items():
+            console.print(f"[yellow]{o.stage.name}: skipped step on {', '.join(on)}:[/yellow] {line}", highlight=False)
         if o.gate is not None:
             g = o.gate
             style = "green" if g.ok else "red"
