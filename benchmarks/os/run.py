@@ -166,14 +166,12 @@ def run_picluster(inv: Any, stages: tuple[str, ...] = ("os", "gateway")) -> dict
 
 def lab(action: str, inventory: str) -> float:
     """Bring the lab up (with the gateway's WAN link) or down; return the seconds it took."""
-    from picluster.lab import wan
     from picluster.lab.lab import Lab
 
     start = time.monotonic()
     the_lab = Lab(inventory)
     if action == "up":
         the_lab.up()
-        wan.ensure(the_lab.inv)
     else:
         the_lab.down()
     return time.monotonic() - start

@@ -4,8 +4,7 @@ A Pi gateway has a second interface towards the home network; a lab node has onl
 gateway stage's firewall names the WAN interface (forwarding, NAT), so the lab gives the gateway's
 namespace a link of that name: one end of a veth pair whose other end (`<name>-end`) stays in the same
 namespace, down: a cable to nowhere (the kernel here has no `dummy` driver), so nothing leaves.
-Wire it into `Lab.up` after the node links exist (`ensure(inv)`); `lab.down` removes it with the
-namespace.
+`Lab.up` calls `ensure(inv)` once the node links exist; `lab.down` removes it with the namespace.
 """
 
 from __future__ import annotations
