@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import picluster
+from picluster.cloudinit import HostKey
 from picluster.inventory import Host, Inventory, load_inventory
 from picluster.lab import base, keys, network, node, prereqs, proxy, wan
 from picluster.lab.common import LabError, all_pids, pid_cmdline, read_json, write_json
@@ -187,7 +188,7 @@ class Lab:
         self._say(f"[bold]lab[/]: base built in {time.monotonic() - started:.0f}s")
         return path
 
-    def _ensure_keys(self) -> dict[str, keys.HostKey]:
+    def _ensure_keys(self) -> dict[str, HostKey]:
         """The controller key pair, one pinned host key per node, and a known_hosts naming them."""
         keys.ensure_keypair(self._key_file(), f"picluster-lab@{self.inv.cluster.name}")
         host_keys = {h.name: keys.ensure_keypair(self.dir / "ssh" / "hosts" / f"{h.name}_ed25519", h.name)

@@ -19,10 +19,10 @@ from image_support.fake_devices import (
 )
 
 from picluster.cloudinit import CMDLINE_TXT, CONFIG_TXT
+from picluster.sshkeys import generate_ed25519, pin_known_host
 from picluster.stages.image import ImageError, bootfix
 from picluster.stages.image.catalog import load_catalog, override
 from picluster.stages.image.devices import parse_lsblk, parse_mounts, refusals
-from picluster.stages.image.hostkeys import generate_ed25519, pin_known_host
 from picluster.stages.image.partitions import parse_mbr
 from picluster.stages.image.secrets import read_secret
 from picluster.stages.image.source import ImageSource, xz_uncompressed_size

@@ -3,8 +3,9 @@
 One idea per module: `catalog` (which image), `download` (cached, resumable, verified), `source` (the
 image as a stream and its size), `partitions` (MBR, labels), `devices` (what a target is, and whether we
 may write it), `writer` (stream to the target, verify), `bootfs`/`rootfs` (files on the FAT and ext4
-partitions without mounting), `bootfix` (cgroup flags, the Ubuntu 20.04 USB-boot fix), `hostkeys`
-(pinned SSH host keys and known_hosts), `secrets`, `seed` (what goes where) and `flash` (the whole run).
+partitions without mounting), `bootfix` (cgroup flags, the Ubuntu 20.04 USB-boot fix), `secrets`, `seed`
+(what goes where) and `flash` (the whole run).
+Pinned SSH host keys come from `picluster.sshkeys`, shared with the lab.
 
 Needs on the controller: xz-utils (optional, faster; Python's lzma otherwise), mtools (FAT), e2fsprogs
 (debugfs, for the 20.04 apt hook), util-linux (lsblk). Tested on image files only: the tests build a

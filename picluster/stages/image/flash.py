@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from picluster.inventory import Host, Inventory
+from picluster.sshkeys import pin_known_host
 from picluster.stages.image import ImageError
 from picluster.stages.image.bootfs import Directory, FatPartition
 from picluster.stages.image.catalog import ImageEntry, catalog_path, check_sha256, load_catalog, override
 from picluster.stages.image.devices import DeviceFacts, Inspector, inspect, refusals
 from picluster.stages.image.download import fetch
-from picluster.stages.image.hostkeys import pin_known_host
 from picluster.stages.image.partitions import file_reader, find_boot, find_root
 from picluster.stages.image.progress import Progress
 from picluster.stages.image.rootfs import ExtPartition

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from picluster import cloudinit
 from picluster.inventory import Host, Inventory, InventoryError
+from picluster.sshkeys import ensure_keypair, write_private
 from picluster.stages.image import ImageError, bootfix
 from picluster.stages.image.bootfs import Files
-from picluster.stages.image.hostkeys import ensure_host_key, write_private
 from picluster.stages.image.secrets import read_secret
 
 CACHE_ENV = "PICLUSTER_CACHE"
@@ -65,7 +65,7 @@ def render(inv: Inventory, host: Host, seed_folder: Path) -> Seed:
     wifi_password = None
     if host.wan is not None and host.wan.wifi is not None:
         wifi_password = read_secret(host.wan.wifi.password_secret)
-    key = ensure_host_key(seed_folder, host.name)
+    key = ensure_keypair(seed_folder / "ssh_host_ed25519_key", f"root@{host.name}")
     try:
         user_data = cloudinit.user_data(inv, host, host_key=key, partition_disk=True)
         network = cloudinit.network_config(inv, host, wifi_password=wifi_password)

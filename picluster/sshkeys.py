@@ -1,7 +1,7 @@
-"""Pinned SSH host keys: generated on the controller, put into the seed, and written to known_hosts.
+"""SSH keys made on the controller: key pairs, and host keys pinned into known_hosts.
 
-A host's key is kept (0600) in its seed folder of the cache and reused on the next flash, so reflashing a
-host does not change its identity; known_hosts gets exactly one line for the host's address.
+The image stage and the lab both pre-generate each host's SSH host key, seed it into the host and pin it
+here, so that the first contact with a host is verified against a key we made, never accepted blindly.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import tempfile
 from pathlib import Path
 
 from picluster.cloudinit import HostKey
-
-KEY_FILE = "ssh_host_ed25519_key"
 
 
 def generate_ed25519(comment: str) -> HostKey:
@@ -47,21 +45,27 @@ def write_private(path: Path, text: str, mode: int = 0o600) -> None:
         raise
 
 
-def ensure_host_key(seed_dir: Path, hostname: str) -> HostKey:
-    """The host's key pair from its seed folder, generated there (0600 / 0644) the first time."""
-    private_path = seed_dir / KEY_FILE
-    public_path = seed_dir / f"{KEY_FILE}.pub"
+def ensure_keypair(private_path: Path, comment: str) -> HostKey:
+    """The key pair at private_path (+ .pub), generated there (0600 / 0644) the first time."""
+    public_path = private_path.with_name(private_path.name + ".pub")
     if private_path.is_file() and public_path.is_file():
         return HostKey(private=private_path.read_text(encoding="utf-8"),
                        public=public_path.read_text(encoding="utf-8").strip())
-    pair = generate_ed25519(f"root@{hostname}")
+    pair = generate_ed25519(comment)
     write_private(private_path, pair.private, 0o600)
     write_private(public_path, pair.public + "\n", 0o644)
     return pair
 
 
 def known_hosts_name(address: str, port: int) -> str:
+    """How known_hosts names a host: its address, with the port in brackets unless it is 22."""
     return address if port == 22 else f"[{address}]:{port}"
+
+
+def known_hosts_line(address: str, port: int, public: str) -> str:
+    """One known_hosts line for the host's public key (its comment dropped)."""
+    kind, blob = public.split()[:2]
+    return f"{known_hosts_name(address, port)} {kind} {blob}"
 
 
 def _names_host(line: str, name: str) -> bool:
@@ -86,8 +90,7 @@ def _names_host(line: str, name: str) -> bool:
 def pin_known_host(path: Path, address: str, port: int, public: str) -> bool:
     """Make `path` hold exactly one line for the address with this key; True when the file changed."""
     name = known_hosts_name(address, port)
-    kind, blob = public.split()[:2]
-    wanted = f"{name} {kind} {blob}"
+    wanted = known_hosts_line(address, port, public)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
