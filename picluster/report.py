@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from rich.table import Table
     from rich.text import Text
 
-STYLE = {"ok": "green", "changed": "yellow", "failed": "bold red", "unreachable": "bold magenta"}
+STYLE = {"ok": "green", "changed": "yellow", "failed": "bold red", "unreachable": "bold magenta", "skipped": "cyan"}
 
 
 def stage_table(result: StageResult) -> Table:
@@ -27,7 +27,7 @@ def stage_table(result: StageResult) -> Table:
     title = f"stage {result.stage}" + (" (dry run: changed = would change)" if result.dry_run else "")
     table = Table(title=title, title_justify="left")
     table.add_column("host")
-    for column in ("changed", "ok", "failed", "unreachable"):
+    for column in ("changed", "ok", "skipped", "failed", "unreachable"):
         table.add_column(column, justify="right")
     table.add_column("duration", justify="right")
     table.add_column("note")
@@ -41,6 +41,7 @@ def stage_table(result: StageResult) -> Table:
             Text(h.host, style=STYLE[h.status]),
             str(counts["changed"]),
             str(counts["ok"]),
+            str(counts["skipped"]),
             str(failed),
             str(int(h.status == "unreachable")),
             f"{h.duration:.1f}s",

@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from picluster.ops.up import UpRun
-from picluster.remote import HostResult
+from picluster.remote import SKIPPED, HostResult
 from picluster.report import host_lines
 from picluster.stages import Stage
 
@@ -43,13 +43,9 @@ class HostProgress:
             self.progress.advance(self.task)
 
 
-SKIP_PREFIX = "skipped:"
-
-
 def skipped_steps(result: HostResult) -> list[str]:
-    """Steps this host could not do here, by the convention of an Ok whose reason starts 'skipped:'."""
-    return [f"{s.name}: {s.reason[len(SKIP_PREFIX):].strip()}" for s in result.steps
-            if s.status == "ok" and s.reason.startswith(SKIP_PREFIX)]
+    """Steps this host could not do here ("name: why"), as the runner reported them."""
+    return [f"{s.name}: {s.reason.removeprefix(SKIPPED)}" for s in result.steps if s.status == "skipped"]
 
 
 def _cell(result: HostResult | None) -> str:

@@ -15,6 +15,7 @@ from picluster.remote.stage import run_host, run_stage
 from picluster.remote.step import (
     APT_UPDATED,
     NEEDS_REBOOT,
+    SKIPPED,
     UNITS_CHANGED,
     AnyStep,
     Change,
@@ -26,12 +27,14 @@ from picluster.remote.step import (
     Step,
     StepError,
     changed_mark,
+    skip,
 )
 from picluster.remote.target import HostLike, SshTargetLike
 
 __all__ = [
     "APT_UPDATED",
     "NEEDS_REBOOT",
+    "SKIPPED",
     "UNITS_CHANGED",
     "AnyStep",
     "Change",
@@ -58,4 +61,5 @@ __all__ = [
     "run_host",
     "run_stage",
     "run_steps",
+    "skip",
 ]

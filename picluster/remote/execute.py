@@ -126,7 +126,8 @@ def run_step(ex: Executor, step: AnyStep, run: HostRun, *, dry_run: bool) -> Ste
         facts = step.parse(ex.read(step.probes()), frozenset(run.marks))
         decision = step.decide(facts)
         if isinstance(decision, Ok):
-            return StepResult(step.name, "ok", time.monotonic() - start, reason=decision.reason)
+            return StepResult(step.name, "skipped" if decision.skipped else "ok", time.monotonic() - start,
+                              reason=decision.reason)
         change = decision
         if not dry_run:
             for command in change.commands:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-StepStatus = Literal["ok", "changed", "failed"]
+StepStatus = Literal["ok", "changed", "failed", "skipped"]
 HostStatus = Literal["ok", "changed", "failed", "unreachable"]
 
 
@@ -49,8 +49,8 @@ class HostResult:
         return next((s for s in self.steps if s.status == "failed"), None)
 
     def counts(self) -> dict[StepStatus, int]:
-        """Return how many steps were ok, changed and failed."""
-        out: dict[StepStatus, int] = {"ok": 0, "changed": 0, "failed": 0}
+        """Return how many steps were ok, changed, failed and skipped."""
+        out: dict[StepStatus, int] = {"ok": 0, "changed": 0, "failed": 0, "skipped": 0}
         for s in self.steps:
             out[s.status] += 1
         return out

@@ -47,6 +47,20 @@ class Ok:
 
     reason: str
 
+    @property
+    def skipped(self) -> bool:
+        """Whether this is an explicit skip: a step the host cannot do (see `skip`)."""
+        return self.reason.startswith(SKIPPED)
+
+
+#: An `Ok` whose reason starts with this is a skip: the runner reports it with the status "skipped".
+SKIPPED = "skipped: "
+
+
+def skip(reason: str) -> Ok:
+    """Return the decision of a step this host cannot do, with the reason (a visible skip, not a pass)."""
+    return Ok(SKIPPED + reason)
+
 
 @dataclass(frozen=True)
 class Change:

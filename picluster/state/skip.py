@@ -1,8 +1,8 @@
-"""Explicit skips: a step the host cannot do is `Ok` with a reason that starts with "skipped:".
+"""Explicit skips: a step the host cannot do is `Ok` with a reason that starts with "skipped: ".
 
-The runner has no skip status yet; until it has, a skip is an `Ok` whose reason starts with
-`SKIPPED`, so reports and the JSON results show it, never as a silent pass. `OnlyIf` wraps any step
-with a probe that decides, from the host's facts, whether the step can run there at all.
+The runner reports such a step with the status "skipped" (see `picluster.remote.skip`), so reports and
+the JSON results show it, never as a silent pass. `OnlyIf` wraps any step with a probe that decides,
+from the host's facts, whether the step can run there at all.
 """
 
 from __future__ import annotations
@@ -11,20 +11,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from picluster.remote import AnyStep, Decision, Ok, ProbeOutput
+from picluster.remote import SKIPPED, AnyStep, Decision, Ok, ProbeOutput
+from picluster.remote import skip as skipped
 
-SKIPPED = "skipped: "
+__all__ = ["IN_CONTAINER", "SKIPPED", "OnlyIf", "is_skipped", "skipped"]
+
 IN_CONTAINER = "systemd-detect-virt --quiet --container"
-
-
-def skipped(reason: str) -> Ok:
-    """Return the decision of a step the host cannot do, with the reason."""
-    return Ok(SKIPPED + reason)
 
 
 def is_skipped(decision: Decision) -> bool:
     """Return whether a decision is an explicit skip."""
-    return isinstance(decision, Ok) and decision.reason.startswith(SKIPPED)
+    return isinstance(decision, Ok) and decision.skipped
 
 
 @dataclass(frozen=True)

@@ -252,3 +252,27 @@ def test_a_command_past_its_timeout_fails_its_step(sshd: Sshd, tmp_path: Path) -
     assert step.status == "failed" and step.error is not None
     assert (step.error.exit_code, step.error.stderr_tail) == (124, "stopped: still running after 0.5 s")
     assert result.hosts[0].duration < 10
+
+
+def test_a_skip_is_reported_as_skipped_with_its_reason() -> None:
+    """`skip(reason)` is an Ok to the step, and the runner's status for it is 'skipped', not 'ok'."""
+    from invoke.config import Config as InvokeConfig
+    from invoke.context import Context
+
+    from picluster.remote import HostRun, Ok, ProbeOutput, run_steps, skip
+
+    class CannotHere:
+        name = "needs a disk"
+
+        def probes(self) -> dict[str, str]:
+            return {"disk": "test -b /dev/nonexistent-picluster-disk"}
+
+        def parse(self, outputs: dict[str, ProbeOutput], marks: frozenset[str]) -> bool:
+            return outputs["disk"].ok
+
+        def decide(self, present: bool) -> Ok:
+            return Ok("the disk is there") if present else skip("no such block device here")
+
+    (result,) = run_steps(Context(InvokeConfig()), [CannotHere()], sudo=False, dry_run=False, run=HostRun())
+    assert result.status == "skipped"
+    assert result.reason == "skipped: no such block device here"

@@ -55,9 +55,9 @@ def test_table_has_one_row_per_host_with_counts_and_duration() -> None:
     text = render(verbose=False)
     rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]] for line in text.splitlines()
             if line.startswith("│") and "node" in line}
-    assert rows["node1"] == ["1", "1", "0", "0", "1.5s", "needs reboot"]
-    assert rows["node2"] == ["0", "0", "1", "0", "0.7s", "step apt nfs-common"]
-    assert rows["node3"] == ["0", "0", "0", "1", "10.0s", "node3: cannot reach 192.0.2.9:22 (timed out)"]
+    assert rows["node1"] == ["1", "1", "0", "0", "0", "1.5s", "needs reboot"]
+    assert rows["node2"] == ["0", "0", "0", "1", "0", "0.7s", "step apt nfs-common"]
+    assert rows["node3"] == ["0", "0", "0", "0", "1", "10.0s", "node3: cannot reach 192.0.2.9:22 (timed out)"]
     assert "stage os" in text and "sysctl net.ipv4.ip_forward is 1" not in text
 
 

@@ -17,7 +17,7 @@ def render(run: UpRun, verbose: bool = False) -> str:
 
 
 def a_run() -> UpRun:
-    skip = StepResult("apt fluent-bit", "ok", 0.1, reason="skipped: its vendor repository is not reachable")
+    skip = StepResult("apt fluent-bit", "skipped", 0.1, reason="skipped: its vendor repository is not reachable")
     ok = StepResult("cloud-init finished", "ok", 0.2, reason="cloud-init done")
     boom = StepResult("apt chrony", "failed", 1.0, message="apt-get failed",
                       error=CommandError("apt-get install -y chrony", 100, "E: Unable to locate package chrony"))
