@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 
 from invoke.context import Context
 from invoke.exceptions import CommandTimedOut
+from paramiko.ssh_exception import SSHException
 
 from picluster.remote.results import CommandError, StepResult, StepStatus
 from picluster.remote.step import AnyStep, Change, Command, HostRun, Ok, ProbeOutput, StepError
@@ -33,6 +34,10 @@ class _Stdin:
     def read(self, size: int = -1) -> bytes:
         """Return the next chunk (empty at the end)."""
         return self._data.read(CHUNK)
+
+
+#: The message of a step during which the connection broke; the runner then calls the host unreachable.
+LOST = "the connection broke: "
 
 
 class CommandFailed(Exception):
@@ -139,6 +144,8 @@ def run_step(ex: Executor, step: AnyStep, run: HostRun, *, dry_run: bool) -> Ste
         status, error, message = "failed", e.error, ""
     except StepError as e:
         status, error, message = "failed", None, str(e)
+    except (EOFError, ConnectionError, TimeoutError, SSHException) as e:
+        status, error, message = "failed", None, f"{LOST}{type(e).__name__}: {e}"
     except Exception as e:  # NOTE: one broken step must not stop the other hosts
         status, error, message = "failed", None, f"{type(e).__name__}: {e}"
     return StepResult(

@@ -10,7 +10,7 @@ from typing import TypeVar
 from fabric import Config
 
 from picluster.remote.connect import DEFAULT_TIMEOUT, Unreachable, connect
-from picluster.remote.execute import run_steps
+from picluster.remote.execute import LOST, run_steps
 from picluster.remote.results import HostResult, HostStatus, StageFailed, StageResult, StepResult
 from picluster.remote.step import NEEDS_REBOOT, AnyStep, HostRun
 from picluster.remote.target import HostLike
@@ -51,7 +51,18 @@ def run_host(
         conn.close()
     statuses = {r.status for r in results}
     status: HostStatus = "failed" if "failed" in statuses else "changed" if "changed" in statuses else "ok"
+    last = results[-1] if results else None
+    if last is not None and last.status == "failed" and _lost(last):
+        return done("unreachable", steps=results,
+                    message=f"{host.name} stopped answering during step '{last.name}': check its power and "
+                            f"network, then run again (only this host: --limit {host.name})")
     return done(status, steps=results)
+
+
+def _lost(step: StepResult) -> bool:
+    """Whether a failed step failed because the host went away (not because a command failed)."""
+    # NOTE: Fabric reports a channel closed without an exit status (host gone mid-command) as exit -1
+    return step.message.startswith(LOST) or (step.error is not None and step.error.exit_code == -1)
 
 
 def run_stage(

@@ -276,3 +276,33 @@ def test_a_skip_is_reported_as_skipped_with_its_reason() -> None:
     (result,) = run_steps(Context(InvokeConfig()), [CannotHere()], sudo=False, dry_run=False, run=HostRun())
     assert result.status == "skipped"
     assert result.reason == "skipped: no such block device here"
+
+
+@dataclass(frozen=True)
+class HangUp:
+    """A step whose change ends the SSH session serving it, as a host losing power would."""
+
+    name: str = "power cut"
+
+    def probes(self) -> dict[str, str]:
+        return {}
+
+    def parse(self, outputs: object, marks: frozenset[str]) -> None:
+        return None
+
+    def decide(self, facts: None) -> Change:
+        # NOTE: walk up to the sshd process of this session (not the listener) and kill it
+        script = ("p=$PPID; while [ \"$(cat /proc/$p/comm)\" != sshd ]; do "
+                  "p=$(cut -d' ' -f4 /proc/$p/stat); done; kill -9 \"$p\"; sleep 5")
+        return Change("cut", [Command(script)])
+
+
+def test_a_host_that_stops_answering_mid_stage_is_unreachable_with_what_to_do(sshd: Sshd, tmp_path: Path) -> None:
+    known = sshd.known_hosts(tmp_path / "known_hosts")
+    nodes = [Node("victim", sshd.target(sshd.ports[0], known)), Node("other", sshd.target(sshd.ports[1], known))]
+    result = run_stage("cut", nodes, lambda n: [HangUp()] if n.name == "victim" else [], check=False)
+    victim, other = result.hosts
+    assert other.status == "ok"
+    assert victim.status == "unreachable", victim
+    assert victim.message == ("victim stopped answering during step 'power cut': check its power and network, "
+                              "then run again (only this host: --limit victim)")
