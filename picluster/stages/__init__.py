@@ -28,9 +28,9 @@ class Stage:
 
 
 def _preflight_plan(inv: Inventory) -> Callable[[Host], Sequence[AnyStep]]:
-    from picluster.stages.preflight import CloudInitFinished
+    from picluster.state.cloud_init import CloudInitDone
 
-    return lambda host: [CloudInitFinished(expected_hostname=host.name)]
+    return lambda host: [CloudInitDone()]
 
 
 def _os_plan(inv: Inventory) -> Callable[[Host], Sequence[AnyStep]]:
