@@ -238,6 +238,7 @@ VAR_SCHEMA: dict[str, tuple[Callable[[Any], Any] | None, Any]] = {
     "kubelet_shutdown_grace_period_critical_pods": (_seconds, 10),
     "lan_interface": (_string, "eth0"),
     "packages": (_string_list, ()),
+    "ntp_upstream": (_string_list, ("pool.ntp.org",)),
     "image": (_string, None),  # a name in hosts/images.yml; None: the catalog's default
 }
 _PATH_VARS = {"ssh_key_file", "ssh_known_hosts"}

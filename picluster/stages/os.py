@@ -44,7 +44,6 @@ SYSCTLS: tuple[tuple[str, int], ...] = (
     ("fs.inotify.max_user_watches", 256000),
 )
 # The gateway's NTP upstream when the inventory names none (the reference used the Ubuntu pool).
-NTP_UPSTREAM = ("pool.ntp.org",)
 
 CHRONY_CONF = "/etc/chrony/chrony.conf"
 CHRONY_DEFAULT = "/etc/default/chrony"
@@ -75,7 +74,7 @@ def chrony_conf(inv: Inventory, host: Host) -> str:
     """Return chrony.conf: the gateway serves the LAN from its upstream, the others follow the gateway."""
     ntp = inv.cluster.services.get("ntp", inv.cluster.lan.gateway)
     return render("chrony.conf.j2", inventory_path=inv.path.name, serve=host.role == "gateway",
-                  upstream=host.vars.get("ntp_upstream", NTP_UPSTREAM), lan_net=str(inv.cluster.lan.cidr),
+                  upstream=host.vars["ntp_upstream"], lan_net=str(inv.cluster.lan.cidr),
                   server=str(ntp), own_clock=True)
 
 

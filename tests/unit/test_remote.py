@@ -259,7 +259,7 @@ def test_a_skip_is_reported_as_skipped_with_its_reason() -> None:
     from invoke.config import Config as InvokeConfig
     from invoke.context import Context
 
-    from picluster.remote import HostRun, Ok, ProbeOutput, run_steps, skip
+    from picluster.remote import HostRun, Ok, run_steps, skip
 
     class CannotHere:
         name = "needs a disk"

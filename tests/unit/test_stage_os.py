@@ -85,7 +85,8 @@ def test_packages_are_the_stages_own_plus_the_inventorys(tmp_path: Path) -> None
     data["hosts"]["node1"]["vars"] = {"packages": ["libraspberrypi-bin", "chrony"]}
     inv = write_inventory(tmp_path, data)
     assert os_stage.packages(inv.hosts["node1"]) == [*os_stage.BASE_PACKAGES, "libraspberrypi-bin"]
-    assert os_stage.packages(inv.hosts["node2"]) == list(os_stage.BASE_PACKAGES)
+    # the other hosts take the top-level vars: the reference inventory's Pi tools
+    assert os_stage.packages(inv.hosts["node2"]) == [*os_stage.BASE_PACKAGES, "libraspberrypi-bin", "bridge-utils"]
 
 
 # --- rendered files (golden) -----------------------------------------------------------------------------
@@ -93,7 +94,7 @@ def test_packages_are_the_stages_own_plus_the_inventorys(tmp_path: Path) -> None
 CHRONY_GATEWAY = """\
 # Managed by picluster (os stage) from inventory.yml; changes here are replaced.
 # The gateway: NTP server for the LAN, from the upstream pool.
-pool pool.ntp.org iburst
+pool ntp.ubuntu.com iburst
 allow 10.0.0.0/24
 # keep serving the LAN (as stratum 10) when the upstream cannot be reached
 local stratum 10
