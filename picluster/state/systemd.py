@@ -86,7 +86,12 @@ class Service:
         active = facts.active_state == "active"
         if self.running is True and not active:
             diff.append(f"start {self.unit} (is {facts.active_state})")
-            commands.append(Command(f"systemctl start -- {unit}"))
+            # NOTE: `systemctl start` exits 0 when a unit's Condition*= fails; the unit then stays inactive
+            # and every run would "start" it again, so a start that did not take fails the step here.
+            commands.append(Command(
+                f"systemctl start -- {unit} && {{ systemctl is-active --quiet -- {unit} || "
+                f"{{ echo {q(self.unit + ' did not stay active after start:')} >&2; "
+                f"systemctl status --no-pager --lines=5 -- {unit} >&2; exit 1; }}; }}"))
         elif self.running is False and active:
             diff.append(f"stop {self.unit}")
             commands.append(Command(f"systemctl stop -- {unit}"))

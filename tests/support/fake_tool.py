@@ -42,7 +42,7 @@ def main() -> int:
             rc = 0 if u["active"] == "active" else 3
         elif verb == "enable":
             u["enabled"] = "enabled"
-        elif verb in ("start", "restart"):
+        elif verb in ("start", "restart") and not state.get("start_noop"):
             u["active"] = "active"
         elif verb == "stop":
             u["active"] = "inactive"

@@ -36,9 +36,25 @@ def test_parse_reads_exit_codes_and_marks() -> None:
     )
 
 
+START_K3S = ("systemctl start -- k3s && { systemctl is-active --quiet -- k3s || "
+             "{ echo 'k3s did not stay active after start:' >&2; systemctl status --no-pager --lines=5 -- k3s >&2; "
+             "exit 1; }; }")
+
+
+def test_a_start_that_does_not_take_fails(local: LocalShell, fake_tools: FakeTools) -> None:
+    """A unit whose Condition*= fails: systemctl start exits 0 but the unit stays inactive."""
+    fake_tools.set(units={"chrony.service": {"enabled": "enabled", "active": "inactive"}})
+    (result,) = local.apply([Service("chrony.service", running=True)])
+    assert result.status == "changed"  # the fake's start activates it: the check passes
+    fake_tools.set(units={"chrony.service": {"enabled": "enabled", "active": "inactive"}}, start_noop=True)
+    (result,) = local.apply([Service("chrony.service", running=True)])
+    assert result.status == "failed" and result.error is not None
+    assert "chrony.service did not stay active after start:" in result.error.stderr_tail
+
+
 def test_disabled_and_stopped_is_enabled_then_started() -> None:
     decision = Service("k3s", enabled=True, running=True).decide(facts("disabled", "inactive"))
-    assert scripts(decision) == ["systemctl enable -- k3s", "systemctl start -- k3s"]
+    assert scripts(decision) == ["systemctl enable -- k3s", START_K3S]
     assert isinstance(decision, Change) and decision.diff == "enable k3s (is disabled)\nstart k3s (is inactive)"
 
 
@@ -51,7 +67,7 @@ def test_unit_files_changed_reload_first_and_clear_the_mark() -> None:
 def test_a_changed_config_restarts_a_running_unit_only() -> None:
     step = Service("k3s", running=True, restart_on=["/etc/rancher/k3s/config.yaml"])
     assert scripts(step.decide(facts(restart=True))) == ["systemctl restart -- k3s"]
-    assert scripts(step.decide(facts(active="inactive", restart=True))) == ["systemctl start -- k3s"]
+    assert scripts(step.decide(facts(active="inactive", restart=True))) == [START_K3S]
 
 
 def test_stop_and_disable() -> None:
