@@ -227,6 +227,26 @@ def _string_list(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+
+def _node_labels(value: Any) -> dict[str, str]:
+    """Kubernetes node labels: {key: value}, as the API accepts them."""
+    what = "a mapping of Kubernetes labels such as {disktype: ssd} ([prefix/]name: value, ≤ 63 of A-Za-z0-9-_.)"
+    if not isinstance(value, dict):
+        raise ValueError(what)
+    out = {}
+    for key, val in value.items():
+        text = "" if val is None else str(val)
+        if not isinstance(key, str) or not _LABEL_KEY.match(key) or isinstance(val, (dict, list)) \
+                or not _LABEL_VALUE.match(text):
+            raise ValueError(what)
+        out[key] = text
+    return out
+
+
 # Paths are converted by the loader (relative to the inventory file), hence `None` here.
 VAR_SCHEMA: dict[str, tuple[Callable[[Any], Any] | None, Any]] = {
     "timezone": (_string, "Etc/UTC"),
@@ -240,6 +260,7 @@ VAR_SCHEMA: dict[str, tuple[Callable[[Any], Any] | None, Any]] = {
     "packages": (_string_list, ()),
     "ntp_upstream": (_string_list, ("pool.ntp.org",)),
     "image": (_string, None),  # a name in hosts/images.yml; None: the catalog's default
+    "k3s_node_labels": (_node_labels, {}),  # labels K3S registers the node with (config.yaml node-label)
 }
 _PATH_VARS = {"ssh_key_file", "ssh_known_hosts"}
 

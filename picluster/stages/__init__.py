@@ -45,6 +45,12 @@ def _gateway_plan(inv: Inventory) -> Callable[[Host], Sequence[AnyStep]]:
     return plan(inv)
 
 
+def _k3s_plan(inv: Inventory) -> Callable[[Host], Sequence[AnyStep]]:
+    from picluster.stages.k3s import plan
+
+    return plan(inv)
+
+
 PREFLIGHT = Stage("preflight", ("gateway", "server", "agent"),
                   "every host answers over SSH and cloud-init has finished", plan=_preflight_plan, gate="base")
 
@@ -55,7 +61,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("gateway", ("gateway",), "firewall, DHCP/DNS, NTP server, external-node logging",
           plan=_gateway_plan, gate="gateway", issue=5),
     Stage("k3s", ("server", "agent"), "K3S server and agents with graceful node shutdown",
-          gate="k3s", issue=6),
+          plan=_k3s_plan, gate="k3s", issue=6),
     Stage("apps", ("server",), "the platform's Helm releases and backups",
           gate="apps", issue=7),
 )

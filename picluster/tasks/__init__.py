@@ -7,7 +7,7 @@ from invoke import Collection
 
 def namespace() -> Collection:
     """Build the root collection. Task modules import heavy libraries inside task bodies only."""
-    from picluster.tasks import check, cluster, gateway, image, inventory, lab, os_stage, versions
+    from picluster.tasks import check, cluster, gateway, image, inventory, k3s, lab, os_stage, versions
 
     ns = Collection()
     ns.add_collection(Collection.from_module(inventory, name="inventory"))
@@ -15,6 +15,7 @@ def namespace() -> Collection:
     ns.add_collection(Collection.from_module(cluster, name="cluster"))
     ns.add_collection(Collection.from_module(os_stage, name="os"))
     ns.add_collection(Collection.from_module(gateway, name="gateway"))
+    ns.add_collection(Collection.from_module(k3s, name="k3s"))
     ns.add_collection(Collection.from_module(versions, name="versions"))
     ns.add_collection(Collection.from_module(lab, name="lab"))
     ns.add_task(check.check)

@@ -1,0 +1,104 @@
+"""The controller's local secrets store: one file per secret, mode 0600, never in git, argv or output.
+
+A secret called NAME is read from $PICLUSTER_SECRET_<NAME> (upper case, other characters as `_`) or from
+$XDG_CONFIG_HOME/picluster/secrets/NAME (default ~/.config/picluster/secrets/NAME), which must not be
+readable by group or others. `ensure_secret` generates a random one on first use and stores it there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets as _random
+from collections.abc import Callable
+from pathlib import Path
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+ENV_PREFIX = "PICLUSTER_SECRET_"
+
+
+class SecretError(Exception):
+    """A secret that cannot be read or stored; the message says where it is expected and what to do."""
+
+
+def secrets_dir() -> Path:
+    """Return the store's directory."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "picluster" / "secrets"
+
+
+def env_name(name: str) -> str:
+    """Return the environment variable that overrides the secret `name`."""
+    return ENV_PREFIX + re.sub(r"[^A-Z0-9]", "_", name.upper())
+
+
+def secret_path(name: str) -> Path:
+    """Return the file that holds the secret `name` (checking the name first)."""
+    if not _NAME.match(name):
+        raise SecretError(f"secret name {name!r}: use letters, digits, '_', '-' and '.'")
+    return secrets_dir() / name
+
+
+def read_secret(name: str) -> str | None:
+    """Return the secret (surrounding whitespace removed), or None when neither the variable nor the file exists.
+
+    A file readable by others, or empty, is an error that says how to fix it.
+    """
+    path = secret_path(name)
+    env = env_name(name)
+    if os.environ.get(env, "").strip():
+        return os.environ[env].strip()
+    try:
+        mode = path.stat().st_mode
+        value = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise SecretError(f"secret {name!r}: cannot read {path}: {err.strerror}") from None
+    if mode & 0o077:
+        raise SecretError(f"secret {name!r}: {path} is readable by others; chmod 600 {path}")
+    if not value:
+        raise SecretError(f"secret {name!r}: {path} is empty; remove it to have a new one made, or fill it")
+    return value
+
+
+def write_secret(name: str, value: str) -> Path:
+    """Store `value` as the secret `name` (0600, directory 0700), atomically; return the file."""
+    path = secret_path(name)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(value + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def random_token(nbytes: int = 32) -> str:
+    """Return a new random secret: 2 × nbytes hex digits."""
+    return _random.token_hex(nbytes)
+
+
+def ensure_secret(name: str, generate: Callable[[], str] = random_token) -> str:
+    """Return the secret `name`, generating and storing it (0600) on first use; its value is never printed."""
+    value = read_secret(name)
+    if value is not None:
+        return value
+    value = generate()
+    if not value or "\n" in value:
+        raise SecretError(f"secret {name!r}: the generator made an empty or multi-line value")
+    write_secret(name, value)
+    return value
+
+
+def require_secret(name: str) -> str:
+    """Return the secret `name`, or fail saying where to put it."""
+    value = read_secret(name)
+    if value is None:
+        raise SecretError(f"secret {name!r} not found: put it in {secret_path(name)} (chmod 600) "
+                          f"or set {env_name(name)}")
+    return value
