@@ -81,11 +81,14 @@ def write_command(
     """Return the command that atomically replaces `path` with `data`, passed base64 on stdin.
 
     The new file is written beside the old one (mode 0600 while written) and renamed over it;
-    attributes not managed here are copied from the old file, when there is one.
+    attributes not managed here are copied from the old file, when there is one. Missing parent
+    directories are created.
     """
     p = q(path)
+    parent = path.rsplit("/", 1)[0] or "/"
     lines = [
         "set -e",
+        f"mkdir -p -- {q(parent)}",  # a missing parent is made 0755 root, like `install -D`
         f"tmp=$(mktemp -- {q(path + '.picluster-XXXXXX')})",
         "trap 'rm -f -- \"$tmp\"' EXIT",
         'base64 -d > "$tmp"',

@@ -172,3 +172,11 @@ def test_a_dry_run_decides_but_changes_nothing(local: LocalShell, tmp_path: Path
     (result,) = local.apply([File(str(target), "x\n", owner=None, group=None)], dry_run=True)
     assert result.status == "changed" and result.diff and result.commands
     assert not target.exists()
+
+
+def test_a_file_in_a_missing_hostile_directory_gets_its_parents(local: LocalShell, tmp_path: Path) -> None:
+    target = tmp_path / HOSTILE_DIR / "etc dir" / "conf"
+    (result,) = local.apply([File(str(target), "x=1\n", owner=None, group=None)])
+    assert result.status == "changed", result
+    assert target.read_text() == "x=1\n"
+    assert not list(tmp_path.rglob("PWNED"))
