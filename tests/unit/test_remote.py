@@ -82,11 +82,12 @@ def _nodes(sshd: Sshd, known_hosts: Path) -> list[Node]:
 def test_stage_collects_every_host_and_fails_once_at_the_end(sshd: Sshd, tmp_path: Path) -> None:
     nodes = _nodes(sshd, sshd.known_hosts(tmp_path / "known_hosts"))
     target = tmp_path / "out"
+    (tmp_path / "a-file").write_text("")
 
     def plan(node: Node) -> Sequence[AnyStep]:
         if node.name == "bad":
-            missing = tmp_path / "no-such-dir" / "f"
-            return [File(str(missing), "x\n", owner=None, group=None), Directory(str(tmp_path / "never"))]
+            blocked = tmp_path / "a-file" / "f"  # its parent is a file: no directory can be made there
+            return [File(str(blocked), "x\n", owner=None, group=None), Directory(str(tmp_path / "never"))]
         return [Directory(str(target)), File(str(target / "f"), "hello\n")]
 
     with pytest.raises(StageFailed) as raised:
@@ -104,9 +105,9 @@ def test_stage_collects_every_host_and_fails_once_at_the_end(sshd: Sshd, tmp_pat
 
     message = str(raised.value)
     assert "stage 'demo' failed on 2 of 3 hosts" in message
-    assert f"bad: step 'file {tmp_path}/no-such-dir/f' failed" in message
+    assert f"bad: step 'file {tmp_path}/a-file/f' failed" in message
     assert "command: set -e" in message and "exit code: 1" in message
-    assert "No such file or directory" in message
+    assert "File exists" in message
     assert f"gone: unreachable: gone: cannot reach 127.0.0.1:{nodes[2].ssh.port}" in message
     assert "What to do" in message and "--limit bad,gone" in message
     assert json.loads(json.dumps(result.to_dict()))["hosts"][1]["steps"][0]["error"]["exit_code"] == 1
