@@ -1,0 +1,54 @@
+"""The controller's secrets store: env override, 0600 files, generated once, clear errors."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from picluster import secrets
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    return tmp_path / "picluster" / "secrets"
+
+
+def test_generated_once_stored_0600_in_a_0700_folder(home: Path) -> None:
+    value = secrets.ensure_secret("k3s_token_lab")
+    assert len(value) == 64 and secrets.ensure_secret("k3s_token_lab") == value
+    path = home / "k3s_token_lab"
+    assert path.read_text() == value + "\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert [p.name for p in home.iterdir()] == ["k3s_token_lab"]      # no temporary file left
+
+
+def test_the_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PICLUSTER_SECRET_K3S_TOKEN_PICLUSTER_LAB", " s3cret \n")
+    assert secrets.env_name("k3s_token_picluster-lab") == "PICLUSTER_SECRET_K3S_TOKEN_PICLUSTER_LAB"
+    assert secrets.ensure_secret("k3s_token_picluster-lab") == "s3cret"
+
+
+def test_missing_is_none_or_says_where_to_put_it(home: Path) -> None:
+    assert secrets.read_secret("wifi_password") is None
+    with pytest.raises(secrets.SecretError, match=r"put it in .*/picluster/secrets/wifi_password \(chmod 600\) "
+                                                  r"or set PICLUSTER_SECRET_WIFI_PASSWORD"):
+        secrets.require_secret("wifi_password")
+
+
+def test_a_file_others_can_read_or_an_empty_one_is_refused(home: Path) -> None:
+    path = secrets.write_secret("key", "value")
+    path.chmod(0o644)
+    with pytest.raises(secrets.SecretError, match=r"readable by others; chmod 600"):
+        secrets.read_secret("key")
+    path.write_text("\n")
+    path.chmod(0o600)
+    with pytest.raises(secrets.SecretError, match=r"is empty"):
+        secrets.ensure_secret("key")
+
+
+def test_names_that_could_escape_the_folder_are_refused() -> None:
+    with pytest.raises(secrets.SecretError, match=r"use letters, digits"):
+        secrets.read_secret("../etc/passwd")
