@@ -1,11 +1,17 @@
-"""Tasks that act on the whole cluster: up (and, as they land, shutdown, reboot, status)."""
+"""Tasks that act on the whole cluster: up, shutdown, startup, reboot (rolling) and status."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from invoke import Context, task
 from invoke.exceptions import Exit
 
 from picluster.tasks._common import INVENTORY_HELP, USAGE_ERROR, load, require_reachable, split_names
+
+if TYPE_CHECKING:
+    from picluster.inventory import Host, Inventory
+    from picluster.kube import Kube
 
 
 @task(
@@ -62,3 +68,225 @@ def up(
     if run.failed:
         raise Exit("cluster.up failed: see the stage errors above; fix them and run again "
                    "(it only changes what still differs)", code=1)
+
+
+KUBECONFIG_HELP = "the cluster's kubeconfig (default: $PICLUSTER_KUBECONFIG, else the one the k3s stage fetched)"
+
+
+def _hosts(inventory: str | None, limit: str | None) -> tuple[Inventory, list[Host]]:
+    """The inventory and its selected hosts; usage errors exit 2; a lab inventory's lab must be up."""
+    from picluster.inventory import InventoryError
+
+    inv = load(inventory)
+    try:
+        hosts = inv.select(limit=split_names(limit))
+    except InventoryError as err:
+        raise Exit(f"error: {err}", code=USAGE_ERROR) from None
+    require_reachable(inv)
+    return inv, hosts
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise Exit(f"error: --{name} must be more than 0 seconds", code=USAGE_ERROR)
+
+
+def _kube(inv: Inventory, kubeconfig: str | None, wanted: bool = True) -> tuple[Kube | None, str]:
+    from picluster.ops.status import open_kube
+
+    if not wanted:
+        return None, "not asked for"
+    return open_kube(inv, kubeconfig)
+
+
+@task(
+    help={
+        "inventory": INVENTORY_HELP,
+        "limit": "act only on these hosts, comma-separated (the order rules still apply among them)",
+        "force": "go on where graceful shutdown would not work, a drain does not finish, or a host is not down",
+        "no-drain": "do not cordon and drain the agents: rely on the kubelets' graceful shutdown alone",
+        "keep-gateway": "leave the gateway running",
+        "kubeconfig": KUBECONFIG_HELP,
+        "drain-timeout": "seconds the drain of the agents may take (default 300)",
+        "timeout": "seconds each group may take to be down (default: its kubelet grace period + 90)",
+        "report": "also write the result and the timeline as JSON to this file",
+    },
+)
+def shutdown(
+    c: Context,
+    inventory: str | None = None,
+    limit: str | None = None,
+    force: bool = False,
+    no_drain: bool = False,
+    keep_gateway: bool = False,
+    kubeconfig: str | None = None,
+    drain_timeout: float = 300.0,
+    timeout: float | None = None,
+    report: str | None = None,
+) -> None:
+    """Power the cluster off gracefully: preflight, drain the agents, then agents → servers → gateway, waited for."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from picluster.ops.shutdown import PowerObserver, event_line, lab_observer, print_shutdown
+    from picluster.ops.shutdown import shutdown as run_shutdown
+    from picluster.report import write_report
+
+    _positive("drain-timeout", drain_timeout)
+    _positive("timeout", timeout)
+    inv, hosts = _hosts(inventory, limit)
+    console = Console()
+    has_agents = any(h.role == "agent" for h in hosts)
+    kube, note = _kube(inv, kubeconfig, wanted=not no_drain and has_agents)
+    observer = PowerObserver(lab_observer(inv))
+    console.print(f"[dim]down means: {observer.how}[/dim]", highlight=False)
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console)
+    bars: dict[str, Any] = {}
+
+    def on_wait(group: str, done: int, total: int, pending: list[str]) -> None:
+        if group not in bars:
+            bars[group] = progress.add_task(group, total=total)
+        wait_for = f" (waiting for {', '.join(pending)})" if pending else ""
+        progress.update(bars[group], completed=done, description=f"{group}: down{wait_for}")
+
+    with progress:
+        run = run_shutdown(inv, hosts, kube=kube, kube_note=note, drain=not no_drain, force=force,
+                           keep_gateway=keep_gateway, drain_timeout=drain_timeout, timeout=timeout,
+                           observer=observer, on_event=lambda e: console.print(event_line(e), highlight=False),
+                           waiting=on_wait)
+    print_shutdown(run, console)
+    if report:
+        write_report(report, run.to_dict())
+    if run.refused:
+        raise Exit(f"cluster.shutdown refused: {run.refused}", code=1)
+    if run.stopped:
+        raise Exit(f"cluster.shutdown stopped: {run.stopped}", code=1)
+
+
+@task(
+    help={
+        "inventory": INVENTORY_HELP,
+        "limit": "wait only for these hosts, comma-separated",
+        "kubeconfig": KUBECONFIG_HELP,
+        "timeout": "seconds each group (gateway, servers, agents) may take to boot (default 600)",
+        "ready-timeout": "seconds the nodes may take to be Ready in the API (default 300)",
+        "workloads-timeout": "seconds the workloads may take to be ready (default 600)",
+        "report": "also write the result and the timeline as JSON to this file",
+    },
+)
+def startup(
+    c: Context,
+    inventory: str | None = None,
+    limit: str | None = None,
+    kubeconfig: str | None = None,
+    timeout: float = 600.0,
+    ready_timeout: float = 300.0,
+    workloads_timeout: float = 600.0,
+    report: str | None = None,
+) -> None:
+    """After power-on: wait for gateway → servers → agents, uncordon what shutdown cordoned, wait for workloads."""
+    from rich.console import Console
+
+    from picluster.ops.shutdown import event_line
+    from picluster.ops.startup import startup as run_startup
+    from picluster.report import write_report
+
+    for name, value in (("timeout", timeout), ("ready-timeout", ready_timeout),
+                        ("workloads-timeout", workloads_timeout)):
+        _positive(name, value)
+    inv, hosts = _hosts(inventory, limit)
+    console = Console()
+    status = console.status("")
+
+    def on_group(group: str, names: list[str]) -> None:
+        status.update(f"waiting for the {group}: {', '.join(names)}")
+
+    with status:
+        run = run_startup(hosts, timeout=timeout, ready_timeout=ready_timeout, workloads_timeout=workloads_timeout,
+                          on_event=lambda e: console.print(event_line(e), highlight=False), on_group=on_group,
+                          kube_factory=lambda: _kube(inv, kubeconfig, any(h.is_k3s for h in hosts)))
+    for line in run.notes:
+        console.print(f"[dim]note: {line}[/dim]", highlight=False)
+    if report:
+        write_report(report, run.to_dict())
+    if run.failed:
+        raise Exit(f"cluster.startup: {run.error}", code=1)
+    console.print(f"[green]cluster.startup: {len(run.up)} hosts up[/green]"
+                  + (f", uncordoned {', '.join(run.uncordoned)}" if run.uncordoned else ""), highlight=False)
+
+
+@task(
+    help={
+        "inventory": INVENTORY_HELP,
+        "limit": "reboot only these K3S nodes, comma-separated",
+        "kubeconfig": KUBECONFIG_HELP,
+        "drain-timeout": "seconds each node's drain may take (default 300)",
+        "ready-timeout": "seconds each node may take to be Ready again (default 300)",
+        "timeout": "seconds each node may take to answer SSH with a new boot id (default 600)",
+        "report": "also write the result and the timeline as JSON to this file",
+    },
+)
+def reboot(
+    c: Context,
+    inventory: str | None = None,
+    limit: str | None = None,
+    kubeconfig: str | None = None,
+    drain_timeout: float = 300.0,
+    ready_timeout: float = 300.0,
+    timeout: float = 600.0,
+    report: str | None = None,
+) -> None:
+    """Rolling reboot, one node at a time, servers then agents: cordon, drain, reboot, wait Ready, uncordon."""
+    from rich.console import Console
+
+    from picluster.ops.reboot import rolling_reboot
+    from picluster.ops.shutdown import event_line
+    from picluster.report import write_report
+
+    for name, value in (("drain-timeout", drain_timeout), ("ready-timeout", ready_timeout), ("timeout", timeout)):
+        _positive(name, value)
+    inv, hosts = _hosts(inventory, limit)
+    if not any(h.is_k3s for h in hosts):
+        raise Exit("error: no K3S node selected: the rolling reboot acts on servers and agents", code=USAGE_ERROR)
+    console = Console()
+    kube, note = _kube(inv, kubeconfig)
+    with console.status("rolling reboot"):
+        run = rolling_reboot(hosts, kube=kube, kube_note=note, drain_timeout=drain_timeout,
+                             ready_timeout=ready_timeout, back_timeout=timeout,
+                             on_event=lambda e: console.print(event_line(e), highlight=False), progress=False)
+    for line in run.notes:
+        console.print(f"[dim]note: {line}[/dim]", highlight=False)
+    if report:
+        write_report(report, run.to_dict())
+    if run.failed:
+        raise Exit(f"cluster.reboot stopped: {run.error}", code=1)
+    console.print(f"[green]cluster.reboot: {', '.join(run.done)} rebooted and back[/green]", highlight=False)
+
+
+@task(
+    help={
+        "inventory": INVENTORY_HELP,
+        "limit": "only these hosts, comma-separated",
+        "kubeconfig": KUBECONFIG_HELP,
+        "report": "also write the status as JSON to this file",
+    },
+)
+def status(c: Context, inventory: str | None = None, limit: str | None = None, kubeconfig: str | None = None,
+           report: str | None = None) -> None:
+    """Per host: SSH, uptime, K3S service and version, node Ready/cordoned; exit 1 when something is wrong."""
+    from rich.console import Console
+
+    from picluster.ops.status import print_status
+    from picluster.ops.status import status as read_status
+    from picluster.report import write_report
+
+    inv, hosts = _hosts(inventory, limit)
+    console = Console()
+    with console.status("reading the hosts"):
+        run = read_status(inv, hosts, kubeconfig=kubeconfig)
+    print_status(run, console)
+    if report:
+        write_report(report, run.to_dict())
+    if run.problems:
+        raise Exit(f"cluster.status: {len(run.problems)} problems (above)", code=1)

@@ -1,0 +1,88 @@
+"""cluster.status: one row per host from its facts and the API's nodes; problems named; the kubeconfig lookup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import kmock as km
+import pytest
+from kube_support import kube_for, node, run, seed, server_faults
+from ops_support import inventory
+
+from picluster.kube.nodes import NodeInfo
+from picluster.ops import status as st
+from picluster.remote import ProbeOutput
+
+PIN = "v1.24.3+k3s1"
+
+
+def facts(name: str, *, k3s: str = f"k3s version {PIN} (990ba0e8)", service: str = "active") -> st.Facts:
+    return st.Facts(name, {"boot_id": ProbeOutput("b\n"), "uptime": ProbeOutput("  3725\n"),
+                           "os": ProbeOutput("Ubuntu 22.04.1 LTS\n"), "k3s": ProbeOutput(k3s + "\n"),
+                           "service": ProbeOutput(service + "\n", 0 if service == "active" else 3)})
+
+
+def api_node(name: str, *, ready: bool = True, cordoned: bool = False, kubelet: str = PIN) -> NodeInfo:
+    """What list_nodes gives for a node (its parsing is tested against kmock in test_kube_nodes)."""
+    return NodeInfo(name, ready, "" if ready else "KubeletNotReady: container runtime network not ready",
+                    unschedulable=cordoned, kubelet_version=kubelet)
+
+
+def test_a_healthy_node_has_no_problems(tmp_path: Path) -> None:
+    inv = inventory(tmp_path)
+    nodes = {"node2": api_node("node2")}
+    row = st.host_status(inv.hosts["node2"], facts("node2"), PIN, nodes, "")
+    assert (row.reachable, row.uptime, row.service, row.k3s_version, row.node, row.cordoned) == (
+        True, 3725.0, "active", PIN, "Ready", False)
+    assert row.problems == []
+
+
+def test_problems_unreachable_other_version_inactive_notready_unregistered(tmp_path: Path) -> None:
+    inv = inventory(tmp_path)
+    gone = st.host_status(inv.hosts["node3"], st.Facts("node3", error="node3: cannot reach"), PIN, None, "")
+    assert gone.problems == ["node3 does not answer SSH: node3: cannot reach"]
+    nodes = {"node2": api_node("node2", ready=False, cordoned=True, kubelet="v1.24.2+k3s1")}
+    row = st.host_status(inv.hosts["node2"], facts("node2", k3s="k3s version v1.25.0+k3s1 (x)", service="failed"),
+                         PIN, nodes, "")
+    assert row.node == "NotReady" and row.cordoned
+    assert row.problems == [
+        f"node2: k3s is v1.25.0+k3s1, pinned {PIN} (k8s/versions.yml)",
+        "node2: k3s-agent is failed; look at `journalctl -u k3s-agent`",
+        "node2: node NotReady (KubeletNotReady: container runtime network not ready)",
+        f"node2: kubelet is v1.24.2+k3s1, pinned {PIN}"]
+    missing = st.host_status(inv.hosts["node4"], facts("node4"), PIN, {}, "")
+    assert missing.node == "not registered" and missing.problems == ["node4: not registered with the API server"]
+    bare = st.host_status(inv.hosts["node1"], facts("node1", k3s="", service="inactive"), PIN, None, "no api")
+    assert bare.problems == ["node1: k3s is not installed (run `invoke cluster.up --only k3s`)"]
+    gw = st.host_status(inv.hosts["gateway"], facts("gateway"), PIN, None, "")
+    assert gw.problems == [] and gw.service == ""
+
+
+def test_parse_k3s_version_and_uptime_format() -> None:
+    assert st.parse_k3s_version("k3s version v1.24.3+k3s1 (990ba0e8)") == "v1.24.3+k3s1"
+    assert st.parse_k3s_version("sh: k3s: not found") == ""
+    assert [st.format_uptime(s) for s in (None, 59, 3725, 90061)] == ["-", "0m59s", "1h02m", "1d01h"]
+
+
+def test_kubeconfig_lookup_and_why_the_api_is_not_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inv = inventory(tmp_path)
+    for name in (st.KUBECONFIG_ENV, st.STATE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert st.default_kubeconfig(inv) == tmp_path / "state" / "picluster" / "loop" / "kubeconfig"
+    monkeypatch.setenv(st.STATE_ENV, str(tmp_path / "s"))
+    assert st.default_kubeconfig(inv) == tmp_path / "s" / "kubeconfig"
+    monkeypatch.setenv(st.KUBECONFIG_ENV, str(tmp_path / "k.yaml"))
+    assert st.default_kubeconfig(inv) == tmp_path / "k.yaml"
+    kube, why = st.open_kube(inv)
+    assert kube is None and why.startswith(f"no kubeconfig at {tmp_path / 'k.yaml'}")
+
+
+@pytest.mark.asyncio
+async def test_open_kube_answers_with_the_api(kmock: km.KubernetesEmulator, tmp_path: Path) -> None:
+    seed(kmock, node("node1", roles=("control-plane",)))
+    inv = inventory(tmp_path)
+    kube = kube_for(kmock, tmp_path)
+    found, why = await run(st.open_kube, inv, kube.kubeconfig)
+    assert found is not None and why == ""
+    assert server_faults(kmock) == []
