@@ -19,7 +19,6 @@ from picluster.kube import Kube, KubeError
 from picluster.remote import ProbeOutput
 
 KUBECONFIG_ENV = "PICLUSTER_KUBECONFIG"
-STATE_ENV = "PICLUSTER_STATE_DIR"
 BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
 # Seconds since PID 1 started: the node's own boot, also in a container (where /proc/uptime is the host's).
 UPTIME = "ps -o etimes= -p 1"
@@ -83,22 +82,10 @@ def read_all(hosts: Sequence[Host], probes: Callable[[Host], Mapping[str, str]],
 
 
 def default_kubeconfig(inv: Inventory) -> Path:
-    """Where the k3s stage fetches the kubeconfig: $PICLUSTER_KUBECONFIG, else <state folder>/kubeconfig.
+    """Where the k3s stage fetched the cluster's kubeconfig (`picluster.stages.k3s.kubeconfig_path`)."""
+    from picluster.stages.k3s import kubeconfig_path
 
-    The state folder: $PICLUSTER_STATE_DIR, else the lab's state_dir (a lab inventory), else
-    ~/.local/state/picluster/<cluster name> (the same rule as the apps stage's `paths`).
-    """
-    env = os.environ.get(KUBECONFIG_ENV)
-    if env:
-        return Path(env).expanduser()
-    if os.environ.get(STATE_ENV):
-        state = Path(os.environ[STATE_ENV]).expanduser()
-    elif inv.lab is not None:
-        state = Path(inv.lab.state_dir)
-    else:
-        base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-        state = base / "picluster" / inv.cluster.name
-    return state / "kubeconfig"
+    return kubeconfig_path(inv)
 
 
 def open_kube(inv: Inventory, kubeconfig: str | os.PathLike[str] | None = None,

@@ -66,12 +66,10 @@ def test_parse_k3s_version_and_uptime_format() -> None:
 
 def test_kubeconfig_lookup_and_why_the_api_is_not_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     inv = inventory(tmp_path)
-    for name in (st.KUBECONFIG_ENV, st.STATE_ENV):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    assert st.default_kubeconfig(inv) == tmp_path / "state" / "picluster" / "loop" / "kubeconfig"
-    monkeypatch.setenv(st.STATE_ENV, str(tmp_path / "s"))
-    assert st.default_kubeconfig(inv) == tmp_path / "s" / "kubeconfig"
+    from picluster.stages.k3s import kubeconfig_path
+
+    monkeypatch.delenv(st.KUBECONFIG_ENV, raising=False)
+    assert st.default_kubeconfig(inv) == kubeconfig_path(inv)          # where the k3s stage fetched it
     monkeypatch.setenv(st.KUBECONFIG_ENV, str(tmp_path / "k.yaml"))
     assert st.default_kubeconfig(inv) == tmp_path / "k.yaml"
     kube, why = st.open_kube(inv)
