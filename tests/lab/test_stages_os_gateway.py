@@ -150,7 +150,8 @@ def test_a_node_killed_mid_stage_is_reported_and_the_others_finish(lab: Any, tmp
     assert proc.returncode == 1, out + err
     data = json.loads(report.read_text())
     hosts = {h["host"]: h for h in data["stages"][0]["hosts"]}
-    assert hosts[victim]["status"] in ("unreachable", "failed")
+    assert hosts[victim]["status"] == "unreachable", hosts[victim]
+    assert hosts[victim]["message"].startswith(f"{victim} stopped answering during step ")
     assert all(h["status"] in ("ok", "changed") for name, h in hosts.items() if name != victim), hosts
     assert f"- {victim}:" in err and "What to do" in err and f"--limit {victim}" in err
 
