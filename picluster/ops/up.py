@@ -93,6 +93,10 @@ def up(
                 on_stage_start(stage, len(targets))
             outcome.result = run_stage(stage.name, targets, stage.plan(inv), dry_run=dry_run,
                                        parallel=parallel, on_host_done=on_host_done, check=False)
+            if stage.controller is not None and not outcome.failed:
+                controller = stage.controller(inv, dry_run)
+                outcome.result.hosts.append(controller)
+                outcome.hosts.append(controller.host)
             if not outcome.failed and stage.gate and not dry_run:
                 if on_gate_start is not None:
                     on_gate_start(stage.gate, len(targets))

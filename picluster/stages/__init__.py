@@ -6,9 +6,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from picluster.inventory import Host, Inventory
-from picluster.remote import AnyStep
+from picluster.remote import AnyStep, HostResult
 
 Plan = Callable[[Inventory], Callable[[Host], Sequence[AnyStep]]]
+# Work a stage does from the controller itself (not over SSH), after its hosts: one result row "controller".
+ControllerRun = Callable[[Inventory, bool], HostResult]
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,7 @@ class Stage:
     plan: Plan | None = None
     gate: str | None = None  # runs tests/infra/test_<gate>.py after the stage
     issue: int | None = None
+    controller: ControllerRun | None = None  # (inventory, dry_run) -> the controller's result, after the hosts
 
     @property
     def built(self) -> bool:
@@ -51,6 +54,18 @@ def _k3s_plan(inv: Inventory) -> Callable[[Host], Sequence[AnyStep]]:
     return plan(inv)
 
 
+def _apps_plan(inv: Inventory) -> Callable[[Host], Sequence[AnyStep]]:
+    from picluster.stages.backup import plan
+
+    return plan(inv)
+
+
+def _apps_releases(inv: Inventory, dry_run: bool) -> HostResult:
+    from picluster.stages.apps.engine import run_releases
+
+    return run_releases(inv, dry_run=dry_run)
+
+
 PREFLIGHT = Stage("preflight", ("gateway", "server", "agent"),
                   "every host answers over SSH and cloud-init has finished", plan=_preflight_plan, gate="base")
 
@@ -62,8 +77,8 @@ STAGES: tuple[Stage, ...] = (
           plan=_gateway_plan, gate="gateway", issue=5),
     Stage("k3s", ("server", "agent"), "K3S server and agents with graceful node shutdown",
           plan=_k3s_plan, gate="k3s", issue=6),
-    Stage("apps", ("server",), "the platform's Helm releases and backups",
-          gate="apps", issue=7),
+    Stage("apps", ("gateway", "server", "agent"), "backups on the hosts, then the platform's Helm releases",
+          plan=_apps_plan, gate="apps", issue=7, controller=_apps_releases),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 

@@ -14,16 +14,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from picluster import secrets as store
 from picluster.inventory import Inventory
 from picluster.kube.client import Kube, KubeError
+from picluster.remote import SKIPPED
 from picluster.remote.results import HostResult, StepResult
-from picluster.stages.apps import kubeapply, paths, pki, store
+from picluster.stages.apps import kubeapply, paths, pki
 from picluster.stages.apps.helm import Deployed, Helm, HelmError
 from picluster.stages.apps.render import Rendered, Renderer, RenderError, values_hash
 from picluster.stages.apps.spec import DEFAULT_RELEASES, Release, Releases, SpecError, load_releases
 
 CONTROLLER = "controller"
-SKIPPED = "skipped: "
 LOOKUP_WAIT_S = 300.0
 
 
@@ -70,7 +71,7 @@ def minio_pki(inv: Inventory, *, create: bool) -> pki.ServerPki | None:
 
 
 def renderer(inv: Inventory, releases: Releases, *, dry_run: bool) -> Renderer:
-    return Renderer(inv, releases, secret=store.read if dry_run else store.ensure,
+    return Renderer(inv, releases, secret=store.read_secret if dry_run else store.ensure_secret,
                     pki=minio_pki(inv, create=not dry_run))
 
 
@@ -202,7 +203,7 @@ class Applier:
             if self.renderer.missing:
                 diff.append(f"secrets to generate in the local store: {', '.join(sorted(self.renderer.missing))}")
                 self.renderer.missing.clear()
-        except (HelmError, KubeError, RenderError, SpecError, store.SecretStoreError) as err:
+        except (HelmError, KubeError, RenderError, SpecError, store.SecretError) as err:
             return StepResult(f"release {release.name}", "failed", time.monotonic() - start, diff="\n".join(diff),
                               commands=self.helm.commands[first_command:], message=str(err))
         took = time.monotonic() - start
@@ -234,7 +235,7 @@ def run_releases(inv: Inventory, *, dry_run: bool = False, only: Sequence[str] |
     tools = tools or Tools.detect(inv)
     why = tools.missing()
     if why is not None:
-        step = StepResult("helm releases", "ok", 0.0, reason=SKIPPED + why)
+        step = StepResult("helm releases", "skipped", 0.0, reason=SKIPPED + why)
         return HostResult(CONTROLLER, "ok", time.monotonic() - start, [step])
     assert tools.helm is not None
     try:

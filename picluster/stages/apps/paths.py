@@ -1,8 +1,9 @@
-"""Where the apps stage keeps its controller-side files: the fetched kubeconfig, the Minio CA.
+"""Where the apps stage finds its controller-side files: the fetched kubeconfig, the Minio CA.
 
-- state folder: $PICLUSTER_STATE_DIR, else the lab's state_dir (a lab inventory), else
-  ~/.local/state/picluster/<cluster name>
-- kubeconfig: $PICLUSTER_KUBECONFIG, else <state folder>/kubeconfig (the k3s stage fetches it there)
+- kubeconfig: where the k3s stage fetched it (`picluster.stages.k3s.kubeconfig_path`: $PICLUSTER_KUBECONFIG,
+  the lab's state folder, else $XDG_CONFIG_HOME/picluster/kubeconfig-<cluster name>)
+- the CA: $PICLUSTER_STATE_DIR/pki, else the lab's state folder /pki, else
+  $XDG_CONFIG_HOME/picluster/pki-<cluster name>
 """
 
 from __future__ import annotations
@@ -16,23 +17,18 @@ STATE_ENV = "PICLUSTER_STATE_DIR"
 KUBECONFIG_ENV = "PICLUSTER_KUBECONFIG"
 
 
-def state_dir(inv: Inventory) -> Path:
-    """The controller's folder for this cluster's generated files."""
-    if os.environ.get(STATE_ENV):
-        return Path(os.environ[STATE_ENV]).expanduser()
-    if inv.lab is not None:
-        return Path(inv.lab.state_dir)
-    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return base / "picluster" / inv.cluster.name
-
-
 def kubeconfig_path(inv: Inventory) -> Path:
     """The kubeconfig the k3s stage fetched for this cluster."""
-    if os.environ.get(KUBECONFIG_ENV):
-        return Path(os.environ[KUBECONFIG_ENV]).expanduser()
-    return state_dir(inv) / "kubeconfig"
+    from picluster.stages.k3s import kubeconfig_path as fetched_to
+
+    return fetched_to(inv)
 
 
 def pki_dir(inv: Inventory) -> Path:
     """The locally generated CA and the Minio server certificate."""
-    return state_dir(inv) / "pki"
+    if os.environ.get(STATE_ENV):
+        return Path(os.environ[STATE_ENV]).expanduser() / "pki"
+    if inv.lab is not None:
+        return Path(inv.lab.state_dir) / "pki"
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "picluster" / f"pki-{inv.cluster.name}"

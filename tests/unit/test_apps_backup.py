@@ -1,0 +1,178 @@
+"""The apps stage's bare-metal part: Minio on the `s3` host, restic on every Pi - decisions from facts.
+
+And cluster.up's report of the stage: the hosts, then the controller's releases (an explicit skip here:
+no helm binary, no kubeconfig).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from stage_support import reference_data, write_inventory
+
+from picluster import secrets
+from picluster.inventory import Inventory
+from picluster.remote import Change, Ok, ProbeOutput
+from picluster.stages import STAGES, backup
+from picluster.stages.apps import pki
+from picluster.state.skip import SKIPPED
+
+if TYPE_CHECKING:
+    from conftest import Sshd
+
+
+@pytest.fixture(scope="module")
+def made_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("state") / "pki"
+    pki.ensure(folder, "s3.picluster.example.com", "10.0.0.11")
+    return folder
+
+
+@pytest.fixture
+def inv(tmp_path: Path, made_pki: Path, monkeypatch: pytest.MonkeyPatch) -> Inventory:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("PICLUSTER_STATE_DIR", str(tmp_path / "state"))
+    shutil.copytree(made_pki, tmp_path / "state" / "pki")
+    return write_inventory(tmp_path, reference_data())
+
+
+def names(steps: list) -> list[str]:  # type: ignore[type-arg]
+    out = []
+    for s in steps:
+        inner = getattr(s, "steps", None) or [getattr(s, "step", s)]
+        out += [i.name for i in inner]
+    return out
+
+
+def test_minio_goes_where_the_registry_points_s3_and_restic_everywhere(inv: Inventory) -> None:
+    plan = backup.plan(inv)
+    node1, node2, gateway = (names(list(plan(inv.hosts[h]))) for h in ("node1", "node2", "gateway"))
+    assert "binary /usr/local/bin/minio" in node1 and "service minio" in node1
+    assert "minio buckets, users and policies" in node1
+    assert not any("minio" in n for n in node2 + gateway)
+    for steps in (node1, node2, gateway):
+        assert any(n.startswith("apt") and "restic" in n for n in steps), steps
+        assert "service restic-backup.timer" in steps
+    assert "service restic-clean.timer" in gateway and "service restic-clean.timer" not in node2
+
+
+def test_the_secret_files_hold_store_values_and_never_show_them(inv: Inventory) -> None:
+    steps = list(backup.plan(inv)(inv.hosts["node1"]))
+    files = {f.path: f for s in steps for f in getattr(s, "steps", []) if hasattr(f, "data")}
+    env = files[backup.RESTIC_ENV]
+    assert env.secret and env.mode == 0o600
+    text = env.data.decode()
+    assert "RESTIC_REPOSITORY=s3:https://s3.picluster.example.com:9091/restic\n" in text
+    assert f"RESTIC_PASSWORD={secrets.read_secret('restic_repository_password')}\n" in text
+    assert files[backup.MINIO_CONF].secret and files[f"{backup.MINIO_SSL}/private.key"].secret
+    decision = env.decide(env.parse({"stat": ProbeOutput("", 1), "content": ProbeOutput("", 1)}, frozenset()))
+    assert isinstance(decision, Change)
+    assert decision.diff == f"{backup.RESTIC_ENV}: content created (secret, not shown)"
+    assert secrets.read_secret("restic_repository_password") not in json.dumps(
+        [c.script for c in decision.commands])          # the content travels as stdin, not in the script
+    users = files[backup.MINIO_USERS].data.decode()
+    assert users.count("MINIO_USER_") == 3 and secrets.read_secret("minio_velero_password") in users
+
+
+def test_backup_script_covers_the_admin_homes_and_initialises_once(inv: Inventory) -> None:
+    script = backup.backup_script(inv)
+    assert "restic --cacert /etc/restic/ca.pem cat config >/dev/null 2>&1 || restic --cacert" in script
+    assert script.rstrip().endswith("/etc /root /home/picluster /home/oss")
+    assert "--exclude /home/oss/.cache" in script
+
+
+def binary_facts(version: str = "", reach: int = 0) -> dict[str, ProbeOutput]:
+    return {"version": ProbeOutput(version), "arch": ProbeOutput("arm64\n"), "reach": ProbeOutput("", reach)}
+
+
+def test_the_minio_binary_is_a_skip_where_its_site_is_unreachable() -> None:
+    step = backup.VendorBinary(backup.MINIO_BIN, backup.MINIO_URL, backup.MINIO_RELEASE)
+    unreachable = step.decide(step.parse(binary_facts(reach=28), frozenset()))
+    assert isinstance(unreachable, Ok) and unreachable.reason.startswith(
+        SKIPPED + "https://dl.min.io is unreachable from this host (curl exit 28)")
+    installed = step.decide(step.parse(binary_facts(f"minio version {backup.MINIO_RELEASE}\n", reach=28),
+                                       frozenset()))
+    assert installed == Ok(f"/usr/local/bin/minio is {backup.MINIO_RELEASE}")
+    download = step.decide(step.parse(binary_facts(), frozenset()))
+    assert isinstance(download, Change)
+    url = f"https://dl.min.io/server/minio/release/linux-arm64/archive/minio.{backup.MINIO_RELEASE}"
+    (command,) = download.commands
+    assert f"-o \"$tmp/bin\" {url}\n" in command.script and f"{url}.sha256sum" in command.script
+    assert "sha256sum -c" in command.script and "install -m 0755" in command.script
+
+
+def test_buckets_and_users_are_made_only_where_missing() -> None:
+    step = backup.MinioProvision()
+    listed = {"buckets": ProbeOutput('{"key":"restic/"}\n{"key":"k3s-velero/"}\n'),
+              "users": ProbeOutput('{"accessKey":"restic","policyName":"restic-rw"}\n')}
+    decision = step.decide(step.parse(listed, frozenset()))
+    assert isinstance(decision, Change)
+    assert decision.diff.splitlines() == ["bucket k3s-longhorn: create",
+                                          "user longhorn: create, policy k3s-longhorn-rw",
+                                          "user velero: create, policy k3s-velero-rw"]
+    script = decision.commands[0].script
+    assert 'admin user add local velero "$MINIO_USER_VELERO"' in script     # the key comes from the 0600 file
+    done = {"buckets": ProbeOutput("".join(f'{{"key":"{b}/"}}\n' for b in backup.BUCKETS.values())),
+            "users": ProbeOutput("".join(f'{{"accessKey":"{u}","policyName":"{b}-rw"}}\n'
+                                         for u, b in backup.BUCKETS.items()))}
+    assert isinstance(step.decide(step.parse(done, frozenset())), Ok)
+    down = step.decide(step.parse({"buckets": ProbeOutput("connection refused", 1), "users": ProbeOutput("", 1)},
+                                  frozenset()))
+    assert isinstance(down, Ok) and down.reason.startswith(SKIPPED + "minio does not answer")
+
+
+def test_velero_policy_is_limited_to_its_bucket() -> None:
+    policy = json.loads(backup.bucket_policy("k3s-velero", velero=True))
+    assert policy["Statement"][0]["Resource"] == ["arn:aws:s3:::k3s-velero/*"]
+    assert "s3:ListBucket" in policy["Statement"][1]["Action"]
+
+
+def test_the_apps_stage_runs_on_every_pi_then_the_controller() -> None:
+    (apps,) = [s for s in STAGES if s.name == "apps"]
+    assert apps.built and apps.controller is not None and apps.gate == "apps"
+    assert set(apps.roles) == {"gateway", "server", "agent"}
+
+
+def test_without_s3_in_the_registry_backups_are_an_explicit_skip(tmp_path: Path, inv: Inventory) -> None:
+    data = reference_data()
+    del data["cluster"]["services"]["s3"]
+    other = write_inventory(tmp_path, data, "no-s3.yml")
+    (step,) = backup.plan(other)(other.hosts["node1"])
+    assert step.decide(None) == Ok(SKIPPED + "cluster.services has no 's3': no backup server configured")
+
+
+def test_cluster_up_reports_the_releases_as_an_explicit_skip_without_helm(
+        tmp_path: Path, sshd: Sshd, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+    from test_up import lab_like_inventory
+
+    from picluster.ops.summary import print_up
+    from picluster.ops.up import up
+    from picluster.stages import Stage
+
+    path = [d for d in os.environ["PATH"].split(":") if d and not (Path(d) / "helm").exists()]
+    monkeypatch.setenv("PATH", ":".join(path))                      # the fact: no helm on PATH
+    monkeypatch.setenv("PICLUSTER_KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    (apps,) = [s for s in STAGES if s.name == "apps"]
+    hosts_part = Stage("apps", ("server",), apps.summary, plan=lambda inv: lambda host: [],
+                       controller=apps.controller)
+    inv = lab_like_inventory(tmp_path, sshd)
+
+    run = up(inv, [hosts_part], limit=["node1"], dry_run=True)
+
+    outcome = run.outcomes[1]
+    assert not run.failed and outcome.hosts == ["node1", "controller"]
+    assert outcome.result is not None
+    controller = outcome.result.hosts[-1]
+    assert controller.host == "controller" and controller.status == "ok"
+    assert controller.steps[0].reason.startswith("skipped: no helm binary on this controller")
+    console = Console(record=True, width=200)
+    print_up(run, console=console)
+    text = console.export_text()
+    assert "apps: skipped step on controller: helm releases: no helm binary on this controller" in text
+    assert "+1 skip" in text
