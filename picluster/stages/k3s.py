@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets as _random
 import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -529,11 +530,12 @@ class ClusterFacts:
 
     nodes: Mapping[str, NodeState] | None
     why: str = ""
+    running: bool = True      # k3s runs on the server (its API may still be starting)
 
 
 def _cluster_facts(out: ProbeOutput, server: str) -> ClusterFacts:
     if out.exit_code == NOT_RUNNING:
-        return ClusterFacts(None, f"k3s is not running on {server}")
+        return ClusterFacts(None, f"k3s is not running on {server}", running=False)
     if not out.ok:
         return ClusterFacts(None, f"the API on {server} did not list the nodes (exit code {out.exit_code})")
     try:
@@ -554,8 +556,8 @@ def marker_command(path: str, data: Mapping[str, Any]) -> Command:
 class RollPlan:
     """On the first server: which nodes run another K3S version than the pinned one; leave the plan."""
 
-    def __init__(self, inv: Inventory, version: str) -> None:
-        self.inv, self.version = inv, version
+    def __init__(self, inv: Inventory, version: str, ctl: Controller) -> None:
+        self.inv, self.version, self.ctl = inv, version, ctl
 
     @property
     def name(self) -> str:
@@ -584,7 +586,7 @@ class RollPlan:
         diff = (f"rolling upgrade to {self.version}, servers first, one node at a time (cordon, drain, upgrade, "
                 f"wait Ready, uncordon): {order}")
         return Change(diff, [marker_command(ROLL_PENDING, {"version": self.version, "servers": servers,
-                                                           "agents": agents})])
+                                                           "agents": agents, "run": self.ctl.run_id})])
 
 
 Act = Callable[[str], object]
@@ -648,6 +650,8 @@ class Controller:
     drain_timeout: float = 300.0
     poll: float = 2.0
     progress: bool = False
+    # markers carry it: a marker an earlier (failed) run left is never acted on, not even in a dry run
+    run_id: str = field(default_factory=lambda: _random.token_hex(8))
 
 
 def kubeconfig_probe(marker: str) -> str:
@@ -673,7 +677,7 @@ class Roll:
     def parse(self, outputs: Mapping[str, ProbeOutput], marks: frozenset[str]) -> RollFacts:
         """With a pending plan: roll, on the controller, through the API (I/O here, as AwaitBoot waits)."""
         plan = read_marker(outputs["pending"])
-        if plan is None:
+        if plan is None or plan.get("run") != self.ctl.run_id:
             return RollFacts(False)
         from picluster.kube import Kube
         from picluster.kube.rolling import RollingError, kube_steps, rolling
@@ -742,10 +746,12 @@ class SettlePlan:
 
     def decide(self, facts: SettleFacts) -> Decision:
         """Ok, or what the next step will do (left as a marker)."""
-        nodes = facts.cluster.nodes
-        if nodes is None:
+        if not facts.cluster.running:
             return skipped(f"{facts.cluster.why}: no API to wait on, no kubeconfig to fetch")
         todo: list[str] = []
+        if facts.cluster.nodes is None:       # k3s runs but its API does not answer yet: the next step waits
+            todo.append(f"wait for the API ({facts.cluster.why})")
+        nodes = facts.cluster.nodes or {}
         server = primary_server(self.inv).name
         header = kubeconfig_header(server, facts.source_sha, self.ctl.api_url)
         if facts.local_header != header:
@@ -767,7 +773,7 @@ class SettlePlan:
                         + ", ".join(unlabelled))
         if not todo:
             return Ok(f"{len(k3s_hosts)} nodes Ready, workers labelled, {self.ctl.kubeconfig} is current")
-        return Change("\n".join(todo), [marker_command(SETTLE_PENDING, {"todo": todo})])
+        return Change("\n".join(todo), [marker_command(SETTLE_PENDING, {"todo": todo, "run": self.ctl.run_id})])
 
 
 @dataclass(frozen=True)
@@ -796,7 +802,8 @@ class Settle:
 
     def parse(self, outputs: Mapping[str, ProbeOutput], marks: frozenset[str]) -> SettledFacts:
         """With the marker: act on the controller (I/O here, as AwaitBoot waits)."""
-        if read_marker(outputs["pending"]) is None:
+        marker = read_marker(outputs["pending"])
+        if marker is None or marker.get("run") != self.ctl.run_id:
             return SettledFacts(False)
         from picluster.kube import Kube
         from picluster.kube.nodes import WORKER_LABELS, label
@@ -890,7 +897,7 @@ def host_steps(plan: K3sPlan, host: Host) -> list[AnyStep]:
                f"test -f {q(unit_file)}", f"{unit} is not installed on {host.name} (see the install step)"),
     ]
     if host.name == primary_server(inv).name:
-        steps += [RollPlan(inv, plan.version), Roll(inv, plan.ctl, plan.act),
+        steps += [RollPlan(inv, plan.version, plan.ctl), Roll(inv, plan.ctl, plan.act),
                   SettlePlan(inv, plan.ctl), Settle(inv, plan.ctl)]
     return steps
 

@@ -388,22 +388,23 @@ ALL_CURRENT = nodes_json(node1=VERSION, node2=VERSION, node3=VERSION, node4=VERS
 
 
 def test_roll_plan_orders_the_stale_nodes_servers_first(inv: Inventory) -> None:
-    step = k3s.RollPlan(inv, VERSION)
+    ctl = k3s.Controller(Path("/nonexistent/kubeconfig"), "https://10.0.0.11:6443", run_id="run1")
+    step = k3s.RollPlan(inv, VERSION, ctl)
     assert decide(step, {"nodes": out(ALL_CURRENT)}) == Ok(f"every registered node runs {VERSION}")
     old = "v1.24.2+k3s1"
     decision = decide(step, {"nodes": out(nodes_json(node1=old, node2=VERSION, node3=old, node4=old))})
     assert isinstance(decision, Change)
     assert decision.diff.endswith(f": node1 ({old}), node3 ({old}), node4 ({old})")
     marker = json.loads(base64.b64decode(decision.commands[0].stdin or b""))
-    assert marker == {"version": VERSION, "servers": ["node1"], "agents": ["node3", "node4"]}
+    assert marker == {"version": VERSION, "servers": ["node1"], "agents": ["node3", "node4"], "run": "run1"}
     assert k3s.ROLL_PENDING in decision.commands[0].script
 
 
 def test_no_k3s_on_the_server_skips_the_cluster_steps_with_the_reason(inv: Inventory, tmp_path: Path) -> None:
     stopped = out("", k3s.NOT_RUNNING)
-    assert decide(k3s.RollPlan(inv, VERSION), {"nodes": stopped}).reason == \
-        "skipped: k3s is not running on node1: no cluster to upgrade yet"
     ctl = k3s.Controller(tmp_path / "kubeconfig", "https://10.0.0.11:6443")
+    assert decide(k3s.RollPlan(inv, VERSION, ctl), {"nodes": stopped}).reason == \
+        "skipped: k3s is not running on node1: no cluster to upgrade yet"
     decision = decide(k3s.SettlePlan(inv, ctl), {"nodes": stopped, "sha": out("", 1)})
     assert decision.reason == "skipped: k3s is not running on node1: no API to wait on, no kubeconfig to fetch"
 
@@ -424,12 +425,25 @@ def test_settle_plan_says_what_is_missing_and_nothing_once_done(inv: Inventory, 
         Ok(f"4 nodes Ready, workers labelled, {ctl.kubeconfig} is current")
 
 
-def test_settle_and_roll_do_nothing_without_their_marker(inv: Inventory, tmp_path: Path) -> None:
+def test_settle_and_roll_act_only_on_a_marker_of_this_run(inv: Inventory, tmp_path: Path) -> None:
     ctl = k3s.Controller(tmp_path / "kubeconfig", "https://10.0.0.11:6443")
-    none = {"pending": out("", 1), "kubeconfig": out("")}
-    assert decide(k3s.Settle(inv, ctl), none) == Ok("nothing pending")
-    assert decide(k3s.Roll(inv, ctl, lambda n: None), none) == Ok("no rolling upgrade pending")
-    assert not ctl.kubeconfig.exists()
+    acted: list[str] = []
+    earlier = json.dumps({"version": VERSION, "servers": ["node1"], "agents": [], "todo": [], "run": "earlier"})
+    for pending in (out("", 1), out(earlier)):     # none, or one a failed earlier run (or a dry run) left
+        given = {"pending": pending, "kubeconfig": out(k3s_yaml())}
+        assert decide(k3s.Settle(inv, ctl), given) == Ok("nothing pending")
+        assert decide(k3s.Roll(inv, ctl, acted.append), given) == Ok("no rolling upgrade pending")
+    assert not ctl.kubeconfig.exists() and acted == []
+
+
+def test_a_running_k3s_whose_api_does_not_answer_yet_is_waited_for(inv: Inventory, tmp_path: Path) -> None:
+    ctl = k3s.Controller(tmp_path / "kubeconfig", "https://10.0.0.11:6443")
+    decision = decide(k3s.SettlePlan(inv, ctl), {"nodes": out("", 1), "sha": out("abc  -\n")})
+    assert isinstance(decision, Change)
+    lines = decision.diff.splitlines()
+    assert lines[0] == "wait for the API (the API on node1 did not list the nodes (exit code 1))"
+    assert lines[1].startswith("fetch /etc/rancher/k3s/k3s.yaml")
+    assert lines[2] == "wait until Ready: node1, node2, node3, node4"
 
 
 # --- the cluster from the first server: against kmock's API over HTTP ------------------------------------------
@@ -446,11 +460,11 @@ def k3s_yaml() -> str:
 
 
 def controller(kmock: km.KubernetesEmulator, tmp_path: Path, **kwargs: Any) -> k3s.Controller:
-    return k3s.Controller(tmp_path / "ctl" / "kubeconfig", str(kmock.url).rstrip("/"), poll=0.05,
+    return k3s.Controller(tmp_path / "ctl" / "kubeconfig", str(kmock.url).rstrip("/"), poll=0.05, run_id="run1",
                           **kwargs)
 
 
-PENDING = {"pending": out('{"todo": []}\n'), "kubeconfig": out(k3s_yaml())}
+PENDING = {"pending": out('{"todo": [], "run": "run1"}\n'), "kubeconfig": out(k3s_yaml())}
 
 
 @pytest.mark.asyncio
@@ -521,7 +535,7 @@ async def test_roll_upgrades_servers_then_agents_one_at_a_time_through_the_api(
             {"status": {"nodeInfo": info}}))
 
     ctl = controller(kmock, tmp_path, ready_timeout=10, drain_timeout=5)
-    plan = json.dumps({"version": new, "servers": ["node1"], "agents": ["node3", "node4"]})
+    plan = json.dumps({"version": new, "servers": ["node1"], "agents": ["node3", "node4"], "run": "run1"})
     step = k3s.Roll(inv, ctl, act)
 
     decision = await run(decide, step, {"pending": out(plan), "kubeconfig": out(k3s_yaml())})
@@ -544,7 +558,7 @@ async def test_a_failed_upgrade_stops_the_roll_and_says_where(
         raise RuntimeError(f"upgrading k3s on {name} failed: install script exited 1")
 
     step = k3s.Roll(inv, controller(kmock, tmp_path, ready_timeout=1, drain_timeout=1), act)
-    plan = json.dumps({"version": VERSION, "servers": ["node1"], "agents": ["node3"]})
+    plan = json.dumps({"version": VERSION, "servers": ["node1"], "agents": ["node3"], "run": "run1"})
 
     with pytest.raises(StepError) as err:
         await run(decide, step, {"pending": out(plan), "kubeconfig": out(k3s_yaml())})
