@@ -76,13 +76,14 @@ def attr_commands(target: str, mode: int | None, owner: str | None, group: str |
 
 
 def write_command(
-    path: str, data: bytes, *, mode: int | None, owner: str | None, group: str | None
+    path: str, data: bytes, *, mode: int | None, owner: str | None, group: str | None, check: str | None = None
 ) -> Command:
     """Return the command that atomically replaces `path` with `data`, passed base64 on stdin.
 
     The new file is written beside the old one (mode 0600 while written) and renamed over it;
     attributes not managed here are copied from the old file, when there is one. Missing parent
-    directories are created.
+    directories are created. With `check` (a shell command with `{path}` where the candidate file goes),
+    the new file replaces the old one only when the check passes.
     """
     p = q(path)
     parent = path.rsplit("/", 1)[0] or "/"
@@ -94,8 +95,11 @@ def write_command(
         'base64 -d > "$tmp"',
         f'if [ -e {p} ]; then chown --reference={p} -- "$tmp"; chmod --reference={p} -- "$tmp"; fi',
         *attr_commands('"$tmp"', mode, owner, group),
-        f'mv -f -- "$tmp" {p}',
     ]
+    if check is not None:
+        lines.append(check.replace("{path}", '"$tmp"') + " >&2 || { printf '%s\\n' "
+                     + q(f"rejected: the new {path} does not pass its check; the old one stays") + " >&2; exit 1; }")
+    lines.append(f'mv -f -- "$tmp" {p}')
     return Command("\n".join(lines), stdin=base64.b64encode(data) + b"\n")
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 
 from picluster.remote import Change, Command, Decision
-from picluster.state._fs import attr_commands, q
+from picluster.state._fs import write_command
 from picluster.state.files import File, FileFacts
 
 
@@ -16,19 +15,7 @@ def checked_write(path: str, data: bytes, check: str, *, mode: int | None, owner
 
     `check` is a shell command with `{path}` where the candidate file goes (it is quoted there).
     """
-    p = q(path)
-    lines = [
-        "set -e",
-        f"tmp=$(mktemp -- {q(path + '.picluster-XXXXXX')})",
-        "trap 'rm -f -- \"$tmp\"' EXIT",
-        'base64 -d > "$tmp"',
-        f'if [ -e {p} ]; then chown --reference={p} -- "$tmp"; chmod --reference={p} -- "$tmp"; fi',
-        *attr_commands('"$tmp"', mode, owner, group),
-        check.replace("{path}", '"$tmp"') + " >&2 || { printf '%s\\n' "
-        + q(f"rejected: the new {path} does not pass its check; the old one stays") + " >&2; exit 1; }",
-        f'mv -f -- "$tmp" {p}',
-    ]
-    return Command("\n".join(lines), stdin=base64.b64encode(data) + b"\n")
+    return write_command(path, data, mode=mode, owner=owner, group=group, check=check)
 
 
 class CheckedFile(File):
