@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 import re
 import secrets as _random
+import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 ENV_PREFIX = "PICLUSTER_SECRET_"
+_LOCK = threading.Lock()   # stages plan hosts in parallel threads: one value per secret, made once
 
 
 class SecretError(Exception):
@@ -62,20 +65,45 @@ def read_secret(name: str) -> str | None:
     return value
 
 
-def write_secret(name: str, value: str) -> Path:
-    """Store `value` as the secret `name` (0600, directory 0700), atomically; return the file."""
-    path = secret_path(name)
+def _staged(path: Path, value: str) -> Path:
+    """Write `value` to a new 0600 file beside `path` (mkstemp: unique per thread and process)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(value + "\n")
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+def write_secret(name: str, value: str) -> Path:
+    """Store `value` as the secret `name` (0600, directory 0700), replacing it atomically; return the file."""
+    path = secret_path(name)
+    tmp = _staged(path, value)
+    try:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _create_secret(name: str, value: str) -> str:
+    """Store `value` unless the secret appeared meanwhile (another process): the first one stored wins."""
+    path = secret_path(name)
+    tmp = _staged(path, value)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        existing = read_secret(name)
+        if existing is None:
+            raise SecretError(f"secret {name!r}: {path} appeared but cannot be read") from None
+        return existing
+    finally:
+        tmp.unlink(missing_ok=True)
+    return value
 
 
 def random_token(nbytes: int = 32) -> str:
@@ -85,14 +113,14 @@ def random_token(nbytes: int = 32) -> str:
 
 def ensure_secret(name: str, generate: Callable[[], str] = random_token) -> str:
     """Return the secret `name`, generating and storing it (0600) on first use; its value is never printed."""
-    value = read_secret(name)
-    if value is not None:
-        return value
-    value = generate()
-    if not value or "\n" in value:
-        raise SecretError(f"secret {name!r}: the generator made an empty or multi-line value")
-    write_secret(name, value)
-    return value
+    with _LOCK:
+        value = read_secret(name)
+        if value is not None:
+            return value
+        value = generate()
+        if not value or "\n" in value:
+            raise SecretError(f"secret {name!r}: the generator made an empty or multi-line value")
+        return _create_secret(name, value)
 
 
 def require_secret(name: str) -> str:

@@ -52,3 +52,21 @@ def test_a_file_others_can_read_or_an_empty_one_is_refused(home: Path) -> None:
 def test_names_that_could_escape_the_folder_are_refused() -> None:
     with pytest.raises(secrets.SecretError, match=r"use letters, digits"):
         secrets.read_secret("../etc/passwd")
+
+
+def test_hosts_planned_in_parallel_get_one_value(home: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        values = set(pool.map(lambda _: secrets.ensure_secret("shared"), range(32)))
+    assert len(values) == 1 and (home / "shared").read_text().strip() in values
+    assert sorted(p.name for p in home.iterdir()) == ["shared"]
+
+
+def test_another_process_storing_first_wins(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def racing() -> str:          # the other process stores its value while this one generates
+        secrets.write_secret("raced", "theirs")
+        return "ours"
+
+    assert secrets.ensure_secret("raced", racing) == "theirs"
+    assert (home / "raced").read_text() == "theirs\n"
