@@ -7,7 +7,7 @@ from invoke import Collection
 
 def namespace() -> Collection:
     """Build the root collection. Task modules import heavy libraries inside task bodies only."""
-    from picluster.tasks import check, cluster, gateway, image, inventory, k3s, lab, os_stage, versions
+    from picluster.tasks import apps, check, cluster, gateway, image, inventory, k3s, lab, os_stage, versions
 
     ns = Collection()
     ns.add_collection(Collection.from_module(inventory, name="inventory"))
@@ -16,6 +16,7 @@ def namespace() -> Collection:
     ns.add_collection(Collection.from_module(os_stage, name="os"))
     ns.add_collection(Collection.from_module(gateway, name="gateway"))
     ns.add_collection(Collection.from_module(k3s, name="k3s"))
+    ns.add_collection(Collection.from_module(apps, name="apps"))
     ns.add_collection(Collection.from_module(versions, name="versions"))
     ns.add_collection(Collection.from_module(lab, name="lab"))
     ns.add_task(check.check)

@@ -260,3 +260,26 @@ async def test_without_helm_or_kubeconfig_the_releases_are_an_explicit_skip(
     with pytest.raises(SpecError, match="cannot plan from this controller: no kubeconfig"):
         plan_releases(inv, tools=Tools(str(helm.path), tmp_path / "kubeconfig"))
     assert helm.calls() == []
+
+
+async def test_the_plan_and_status_tasks(kmock: km.KubernetesEmulator, inv: Inventory, helm: FakeHelm, tools: Tools,
+                                         tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PATH=f"{helm.path.parent}:{os.environ['PATH']}", PICLUSTER_KUBECONFIG=str(tools.kubeconfig),
+               COLUMNS="200")
+    invoke = [sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT)]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*invoke, *args, "--inventory", str(inv.path)], capture_output=True, text=True,
+                              env=env, cwd=REPO_ROOT, timeout=120)
+
+    planned = await run(cli, "apps.plan")
+    assert planned.returncode == 0, planned.stderr
+    assert "metallb-system" in planned.stdout and "not deployed; metallb-0.13.4" in planned.stdout
+    assert planned.stdout.count("install") == 11 and "configure" in planned.stdout
+    status = await run(cli, "apps.status")
+    assert status.returncode == 1 and "11 release(s) not deployed at their pinned chart" in status.stderr
+    assert helm.argvs("upgrade") == [] and writes(kmock) == []
