@@ -195,3 +195,47 @@ def test_secret_values_stay_out_of_values_and_manifests(server_pki: pki.ServerPk
     traefik = r.render(load_releases().get("traefik"))
     (hcc,) = [d for d in traefik.manifests if d["kind"] == "HelmChartConfig"]
     assert yaml.safe_load(hcc["spec"]["valuesContent"]) == traefik.values
+
+
+def test_htpasswd_is_bcrypt_that_traefik_checks_and_the_same_every_run() -> None:
+    import bcrypt
+
+    from picluster.stages.apps.render import htpasswd
+
+    line = htpasswd("admin", "s1cret0")
+    user, hashed = line.split(":", 1)
+    assert user == "admin" and hashed.startswith("$2b$10$")
+    assert bcrypt.checkpw(b"s1cret0", hashed.encode()) and not bcrypt.checkpw(b"other", hashed.encode())
+    assert htpasswd("admin", "s1cret0") == line != htpasswd("admin", "other")
+
+
+def test_the_minio_bearer_token_is_an_hs512_jwt_for_prometheus() -> None:
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    from picluster.stages.apps.render import minio_bearer_token
+
+    token = minio_bearer_token("minioadmin", "root-secret")
+    header, claims, signature = token.split(".")
+
+    def decode(part: str) -> bytes:
+        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+    assert json.loads(decode(header)) == {"alg": "HS512", "typ": "JWT"}
+    assert json.loads(decode(claims)) == {"exp": 4102444800, "iss": "prometheus", "sub": "minioadmin"}
+    expected = hmac.new(b"root-secret", f"{header}.{claims}".encode(), hashlib.sha512).digest()
+    assert decode(signature) == expected
+    assert minio_bearer_token("minioadmin", "root-secret") == token
+
+
+def test_a_dashboard_with_a_ds_prometheus_input_gets_its_variable() -> None:
+    from picluster.stages.apps.render import with_ds_prometheus
+
+    board = {"__inputs": [{"name": "DS_PROMETHEUS", "type": "datasource"}], "templating": {"list": []}}
+    fixed = with_ds_prometheus(board)
+    assert fixed["templating"]["list"][0]["name"] == "DS_PROMETHEUS"
+    assert fixed["templating"]["list"][0]["type"] == "datasource" and board["templating"]["list"] == []
+    assert with_ds_prometheus(fixed) == fixed
+    assert with_ds_prometheus({"title": "no inputs"}) == {"title": "no inputs"}
