@@ -130,7 +130,8 @@ def test_a_logind_delay_below_the_grace_period_is_refused_on_the_node(
     try:
         proc = invoke(secrets_home, "k3s.apply", "--inventory", INVENTORY, "--limit", "node2", "--no-checks")
         assert proc.returncode == 1, proc.stdout[-3000:]
-        assert "logind InhibitDelayMaxSec is 10s, below shutdownGracePeriod (30s)" in " ".join((proc.stdout + proc.stderr).split())
+        said = " ".join((proc.stdout + proc.stderr).split())
+        assert "logind InhibitDelayMaxSec is 10s, below shutdownGracePeriod (30s)" in said
     finally:
         ssh_run(node2, f"sudo rm -f {dropin} && sudo systemctl restart systemd-logind")
     proc = invoke(secrets_home, "k3s.apply", "--inventory", INVENTORY, "--limit", "node2", "--no-checks")
