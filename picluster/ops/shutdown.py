@@ -340,8 +340,9 @@ def power_off_group(name: str, members: Sequence[Host], run: ShutdownRun, observ
     while pending:
         if waiting is not None:
             waiting(name, len(members) - len(pending), len(members), [h.name for h in pending])
-        for h in list(pending):
-            state, down = observer.poll(h)
+        with ThreadPoolExecutor(max_workers=len(pending)) as pool:   # a silent host costs a connect timeout
+            polled = list(zip(list(pending), pool.map(observer.poll, pending), strict=True))
+        for h, (state, down) in polled:
             if state != "open" and h.name not in closed:
                 closed.add(h.name)
                 tl.add(h.name, "ssh closed", f"port {h.ssh.port} {state}")

@@ -73,8 +73,9 @@ def up(
 KUBECONFIG_HELP = "the cluster's kubeconfig (default: $PICLUSTER_KUBECONFIG, else the one the k3s stage fetched)"
 
 
-def _hosts(inventory: str | None, limit: str | None) -> tuple[Inventory, list[Host]]:
-    """The inventory and its selected hosts; usage errors exit 2; a lab inventory's lab must be up."""
+def _hosts(inventory: str | None, limit: str | None, *, k3s: bool = False) -> tuple[Inventory, list[Host]]:
+    """The inventory and its selected hosts (with `k3s`, at least one K3S node); usage errors exit 2;
+    a lab inventory's lab must be up."""
     from picluster.inventory import InventoryError
 
     inv = load(inventory)
@@ -82,13 +83,23 @@ def _hosts(inventory: str | None, limit: str | None) -> tuple[Inventory, list[Ho
         hosts = inv.select(limit=split_names(limit))
     except InventoryError as err:
         raise Exit(f"error: {err}", code=USAGE_ERROR) from None
+    if k3s and not any(h.is_k3s for h in hosts):
+        raise Exit("error: no K3S node selected: the rolling reboot acts on servers and agents", code=USAGE_ERROR)
     require_reachable(inv)
     return inv, hosts
 
 
-def _positive(name: str, value: float | None) -> None:
-    if value is not None and value <= 0:
+def _positive(name: str, value: float | str | None) -> float | None:
+    """A duration option as seconds (Invoke passes options without a typed default as text); exit 2 unless > 0."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise Exit(f"error: --{name} must be a number of seconds, not {value!r}", code=USAGE_ERROR) from None
+    if seconds <= 0:
         raise Exit(f"error: --{name} must be more than 0 seconds", code=USAGE_ERROR)
+    return seconds
 
 
 def _kube(inv: Inventory, kubeconfig: str | None, wanted: bool = True) -> tuple[Kube | None, str]:
@@ -132,8 +143,8 @@ def shutdown(
     from picluster.ops.shutdown import shutdown as run_shutdown
     from picluster.report import write_report
 
-    _positive("drain-timeout", drain_timeout)
-    _positive("timeout", timeout)
+    drain_timeout = _positive("drain-timeout", drain_timeout) or drain_timeout
+    timeout = _positive("timeout", timeout)
     inv, hosts = _hosts(inventory, limit)
     console = Console()
     has_agents = any(h.role == "agent" for h in hosts)
@@ -246,9 +257,7 @@ def reboot(
 
     for name, value in (("drain-timeout", drain_timeout), ("ready-timeout", ready_timeout), ("timeout", timeout)):
         _positive(name, value)
-    inv, hosts = _hosts(inventory, limit)
-    if not any(h.is_k3s for h in hosts):
-        raise Exit("error: no K3S node selected: the rolling reboot acts on servers and agents", code=USAGE_ERROR)
+    inv, hosts = _hosts(inventory, limit, k3s=True)
     console = Console()
     kube, note = _kube(inv, kubeconfig)
     with console.status("rolling reboot"):
