@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from picluster import secrets
 from picluster.inventory import Host, Inventory
-from picluster.remote import AnyStep, Change, Command, Decision, Ok, ProbeOutput
+from picluster.remote import AnyStep, Change, Command, Decision, Ok, ProbeOutput, StepError
 from picluster.state import Apt, Directory, File, Service, User
 from picluster.state.batch import Batch
 from picluster.state.skip import OnlyIf, skipped
@@ -85,6 +85,8 @@ class VendorBinary:
     def decide(self, facts: BinaryFacts) -> Decision:
         if self.release in facts.version:
             return Ok(f"{self.path} is {self.release}")
+        if facts.reach_code == 127:
+            raise StepError(f"curl is missing on this host: it is needed to download {self.path} (apt install curl)")
         if not facts.reachable:
             return skipped(f"{DOWNLOAD_SITE} is unreachable from this host (curl exit {facts.reach_code}); "
                            f"{self.path} {self.release} not installed")
@@ -268,6 +270,7 @@ def minio_steps(inv: Inventory, host: Host) -> list[AnyStep]:
             *policies,
             File(MINIO_UNIT, minio_unit()),
         ]),
+        Apt(["curl", "ca-certificates"]),
         VendorBinary(MINIO_BIN, MINIO_URL, MINIO_RELEASE),
         VendorBinary(MC_BIN, MC_URL, MC_RELEASE),
         OnlyIf(Service("minio", enabled=True, running=True,
@@ -316,6 +319,19 @@ def host_steps(inv: Inventory, host: Host) -> list[AnyStep]:
     return [*steps, *restic_steps(inv, host)]
 
 
+def prepare(inv: Inventory) -> None:
+    """Make the controller-side material once, before hosts are planned in parallel: the CA and Minio's
+    certificate, and the secrets the hosts' files hold (otherwise two hosts' threads could each make one)."""
+    if "s3" not in inv.cluster.services:
+        return
+    from picluster.stages.apps.engine import minio_pki
+
+    minio_pki(inv, create=True)
+    for name in ["minio_root_password", "restic_repository_password", *(f"minio_{u}_password" for u in BUCKETS)]:
+        secrets.ensure_secret(name)
+
+
 def plan(inv: Inventory) -> Callable[[Host], Sequence[AnyStep]]:
-    """The planner `cluster.up` and `apps.apply` give the runner."""
+    """The planner `cluster.up` and `apps.apply` give the runner (the shared material is made first)."""
+    prepare(inv)
     return lambda host: host_steps(inv, host)

@@ -37,8 +37,10 @@ def test_restic_backup_timer_is_enabled_and_active(host: Any, inventory: Invento
     assert host.package("restic").is_installed
     timer = host.service("restic-backup.timer")
     assert timer.is_enabled and timer.is_running
-    env = host.file(backup.RESTIC_ENV)
-    assert env.exists and env.mode == 0o600 and env.user == "root"
+    with host.sudo():
+        env = host.file(backup.RESTIC_ENV)
+        assert env.exists and env.mode == 0o600 and env.user == "root"
+        assert host.file(backup.RESTIC_BACKUP).mode == 0o700
 
 
 def test_the_gateway_alone_maintains_the_repository(host: Any, node: Any) -> None:

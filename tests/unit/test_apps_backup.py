@@ -17,7 +17,7 @@ from stage_support import reference_data, write_inventory
 
 from picluster import secrets
 from picluster.inventory import Inventory
-from picluster.remote import Change, Ok, ProbeOutput
+from picluster.remote import Change, Ok, ProbeOutput, StepError
 from picluster.stages import STAGES, backup
 from picluster.stages.apps import pki
 from picluster.state.skip import SKIPPED
@@ -95,6 +95,8 @@ def test_the_minio_binary_is_a_skip_where_its_site_is_unreachable() -> None:
     unreachable = step.decide(step.parse(binary_facts(reach=28), frozenset()))
     assert isinstance(unreachable, Ok) and unreachable.reason.startswith(
         SKIPPED + "https://dl.min.io is unreachable from this host (curl exit 28)")
+    with pytest.raises(StepError, match="curl is missing on this host"):
+        step.decide(step.parse(binary_facts(reach=127), frozenset()))
     installed = step.decide(step.parse(binary_facts(f"minio version {backup.MINIO_RELEASE}\n", reach=28),
                                        frozenset()))
     assert installed == Ok(f"/usr/local/bin/minio is {backup.MINIO_RELEASE}")
@@ -176,3 +178,20 @@ def test_cluster_up_reports_the_releases_as_an_explicit_skip_without_helm(
     text = console.export_text()
     assert "apps: skipped step on controller: helm releases: no helm binary on this controller" in text
     assert "+1 skip" in text
+
+
+def test_hosts_planned_in_parallel_share_one_ca_and_one_set_of_secrets(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("PICLUSTER_STATE_DIR", str(tmp_path / "state"))     # no CA yet: made by plan()
+    inv = write_inventory(tmp_path, reference_data())
+    planner = backup.plan(inv)
+    with ThreadPoolExecutor(5) as pool:
+        plans = list(pool.map(lambda h: list(planner(h)), inv.hosts.values()))
+    contents = set()
+    for steps in plans:
+        files = {f.path: f for s in steps for f in getattr(s, "steps", []) if hasattr(f, "data")}
+        contents.add((files[backup.RESTIC_CA].data, files[backup.RESTIC_ENV].data))
+    assert len(contents) == 1

@@ -5,7 +5,8 @@ Templates are Jinja (StrictUndefined: a missing name fails) with this context:
 - `cluster.name`, `cluster.domain`; `services.<name>` (the registry's address); `fqdn(name)` is
   `<name>.<domain>` and fails for a name the registry lacks, so every ingress host has a DNS record
 - `metallb_pool.first/last`, `server_ips`, `gateway_ip`, `timezone`, `elastic_version` (release table)
-- `minio.url/port/region/ca_b64/cert_chain` (the bare-metal Minio at the registry's `s3`, its local CA)
+- `minio.url/port/region/ca_b64` (the bare-metal Minio at the registry's `s3`, its local CA, base64) and
+  `minio.cert_chain` (its certificate then the CA, PEM)
 - `lookup.<name>` (a release's lookups, read from the cluster), `dashboards` (Grafana JSON files)
 - Secret data only: `secret(NAME)` (the local store), `htpasswd(user, password)`, `minio_bearer_token()`
 """
@@ -133,7 +134,7 @@ class Renderer:
         gateway = self.inv.gateway
         pki = self.pki
         ca_b64 = base64.b64encode(pki.ca_pem.encode()).decode() if pki else NOT_YET
-        chain = base64.b64encode(pki.chain_pem.encode()).decode() if pki else NOT_YET
+        chain = pki.chain_pem if pki else NOT_YET
         elastic = next((r.version for r in self.releases.versions.release if r.software == "Elastic Search"), None)
         return {
             "cluster": {"name": c.name, "domain": c.domain},
