@@ -8,7 +8,6 @@ repository, as an external node of the cluster's logging and metrics.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -16,8 +15,9 @@ from typing import Any
 
 import yaml
 
+from picluster import secrets
 from picluster.inventory import Host, Inventory
-from picluster.remote import AnyStep, Decision, ProbeOutput, StepError
+from picluster.remote import AnyStep, Decision, ProbeOutput
 from picluster.stages import os as os_stage
 from picluster.stages.templates import render
 from picluster.state import Apt, Directory, File, Service
@@ -104,44 +104,6 @@ def fluentbit_conf(inv: Inventory, host: Host) -> str:
                   fluentd=f"fluentd.{inv.cluster.domain}", hostname=host.name)
 
 
-def read_secret(name: str) -> str | None:
-    """Return a secret from $PICLUSTER_SECRET_<NAME> or ~/.config/picluster/secrets/<name>, or None."""
-    env = "PICLUSTER_SECRET_" + re.sub(r"[^A-Z0-9]", "_", name.upper())
-    if os.environ.get(env):
-        return os.environ[env].strip()
-    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    path = base / "picluster" / "secrets" / name
-    try:
-        return path.read_text(encoding="utf-8").strip() or None
-    except OSError:
-        return None
-
-
-class MissingSecret:
-    """A step that cannot run for want of a secret on the controller; it fails saying where to put it."""
-
-    def __init__(self, label: str, secret: str) -> None:
-        self.label, self.secret = label, secret
-
-    @property
-    def name(self) -> str:
-        """Return the step label."""
-        return self.label
-
-    def probes(self) -> Mapping[str, str]:
-        """No facts."""
-        return {}
-
-    def parse(self, outputs: Mapping[str, ProbeOutput], marks: frozenset[str]) -> None:
-        """No facts."""
-
-    def decide(self, facts: Any) -> Decision:
-        """Fail with what to do."""
-        env = "PICLUSTER_SECRET_" + self.secret.upper()
-        raise StepError(f"secret {self.secret!r} not found on the controller: put it in "
-                        f"~/.config/picluster/secrets/{self.secret} (chmod 600) or set {env}, then run again")
-
-
 class NotConfigured:
     """A part of the stage the inventory does not ask for: an explicit skip with the reason."""
 
@@ -169,9 +131,9 @@ def fluentbit_steps(inv: Inventory, host: Host) -> list[AnyStep]:
     """Return fluent-bit's steps: vendor repository, pinned package, configuration, service."""
     if "fluentd" not in inv.cluster.services:
         return [NotConfigured("fluent-bit", "cluster.services has no 'fluentd': no logs are forwarded")]
-    key = read_secret(SHARED_KEY_SECRET)
-    env_file: AnyStep = (File(FLUENTBIT_ENV, f"FLUENTD_SHARED_KEY={key}\n", mode=0o600, secret=True)
-                         if key else MissingSecret(f"file {FLUENTBIT_ENV}", SHARED_KEY_SECRET))
+    # NOTE: made on first use and shared with the cluster's fluentd (the apps stage reads the same secret)
+    key = secrets.ensure_secret(SHARED_KEY_SECRET)
+    env_file = File(FLUENTBIT_ENV, f"FLUENTD_SHARED_KEY={key}\n", mode=0o600, secret=True)
     changed = [FLUENTBIT_CONF, FLUENTBIT_PARSERS, FLUENTBIT_LUA, FLUENTBIT_ENV, FLUENTBIT_DROPIN]
     return [
         AptRepository("fluent-bit", FLUENTBIT_URL, FLUENTBIT_KEY_URL, FLUENTBIT_KEY_FINGERPRINT),

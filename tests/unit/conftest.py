@@ -176,3 +176,9 @@ def me() -> tuple[str, str]:
     """Return the current user and group names, for files the tests create without root."""
     group = subprocess.run(["id", "-gn"], capture_output=True, text=True, check=True).stdout.strip()
     return getpass.getuser(), group
+
+
+@pytest.fixture(autouse=True)
+def private_secret_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secrets the code makes or reads live in a store of the test's own, never in the user's home."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))

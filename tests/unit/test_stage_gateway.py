@@ -10,7 +10,7 @@ import pytest
 from stage_support import reference_data, write_inventory
 
 from picluster.inventory import Inventory
-from picluster.remote import APT_UPDATED, Change, Ok, ProbeOutput, StepError
+from picluster.remote import APT_UPDATED, Change, Ok, ProbeOutput
 from picluster.stages import gateway
 from picluster.state.apt_repo import AptRepository
 from picluster.state.nftables import APPLIED, NftRuleset
@@ -173,7 +173,7 @@ def test_fluentbit_is_pinned_to_the_release_table() -> None:
     assert "Pin: version 1.9.6*\n" in gateway.fluentbit_pin("1.9.6")
 
 
-def test_fluentbit_skips_without_its_repository_and_fails_without_its_secret(
+def test_fluentbit_skips_without_its_repository_and_makes_its_secret_once(
         inv: Inventory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("PICLUSTER_SECRET_FLUENTD_SHARED_KEY", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
@@ -182,9 +182,14 @@ def test_fluentbit_skips_without_its_repository_and_fails_without_its_secret(
     outputs = {k: MISSING for k in files.probes()}
     decision = decide(files, outputs)
     assert is_skipped(decision) and "vendor repository is not configured" in decision.reason
+    stored = tmp_path / "picluster" / "secrets" / "fluentd_shared_key"
+    key = stored.read_text().strip()
+    assert len(key) == 64 and stored.stat().st_mode & 0o777 == 0o600
     outputs["only_if"] = out()
-    with pytest.raises(StepError, match="secret 'fluentd_shared_key' not found on the controller"):
-        decide(files, outputs)
+    decision = decide(files, outputs)
+    assert isinstance(decision, Change) and key not in decision.diff  # a secret never shows in a diff
+    again = {s.name: s for s in gateway.fluentbit_steps(inv, inv.hosts["gateway"])}
+    assert again and stored.read_text().strip() == key  # made once, then reused
 
 
 def test_fluentbit_without_fluentd_in_the_registry_is_a_skip(tmp_path: Path) -> None:
