@@ -135,7 +135,7 @@ class Applier:
         rendered = self.renderer.render(release, self.lookups(release, wait=0.0) if release.lookups else None)
         if not release.helm:
             pending = [kubeapply.describe(o) for o in rendered.manifests
-                       if kubeapply.get(self.kube, o) is None or not kubeapply.contains(o, kubeapply.get(self.kube, o))]
+                       if not kubeapply.contains(o, kubeapply.get(self.kube, o))]
             if pending:
                 return ReleasePlan(release, "configure", f"bundled with K3S; to apply: {', '.join(pending)}",
                                    rendered.values_hash)
