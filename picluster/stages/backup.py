@@ -167,7 +167,8 @@ class MinioProvision:
             if facts.users.get(user) != policy:
                 diff.append(f"user {user}: {'create, ' if user not in facts.users else ''}policy {policy}")
                 var = f"MINIO_USER_{user.upper()}"
-                lines += [f'{MC_BIN} --insecure admin user add local {user} "${var}"',
+                # NOTE: the secret key goes on stdin (printf is a shell builtin): never in mc's argv
+                lines += [f'printf \'%s\\n\' "${var}" | {MC_BIN} --insecure admin user add local {user}',
                           f"{MC_BIN} --insecure admin policy add local {policy} /etc/minio/{policy}.json",
                           f"{MC_BIN} --insecure admin policy set local {policy} user={user}"]
         if not diff:

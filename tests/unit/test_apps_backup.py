@@ -118,7 +118,9 @@ def test_buckets_and_users_are_made_only_where_missing() -> None:
                                           "user longhorn: create, policy k3s-longhorn-rw",
                                           "user velero: create, policy k3s-velero-rw"]
     script = decision.commands[0].script
-    assert 'admin user add local velero "$MINIO_USER_VELERO"' in script     # the key comes from the 0600 file
+    # the key comes from the 0600 file, and reaches mc on stdin, never in its argv
+    add_velero = "printf '%s\\n' \"$MINIO_USER_VELERO\" | /usr/local/bin/mc --insecure admin user add local velero\n"
+    assert add_velero in script
     done = {"buckets": ProbeOutput("".join(f'{{"key":"{b}/"}}\n' for b in backup.BUCKETS.values())),
             "users": ProbeOutput("".join(f'{{"accessKey":"{u}","policyName":"{b}-rw"}}\n'
                                          for u, b in backup.BUCKETS.items()))}
