@@ -290,8 +290,13 @@ def drain_agents(kube: Kube, agents: Sequence[Host], timeout: float, run: Shutdo
         if h.name not in known:
             run.notes.append(f"{h.name}: not registered with the API server: not cordoned or drained")
     for name in names:
-        label(kube, name, {SHUTDOWN_LABEL: SHUTDOWN_LABEL_VALUE})
-        cordon(kube, name)
+        try:
+            label(kube, name, {SHUTDOWN_LABEL: SHUTDOWN_LABEL_VALUE})
+            cordon(kube, name)
+        except KubeError as err:
+            run.drain.append(f"{name}: cordon failed: {err}")
+            tl.add(name, "cordon failed", str(err))
+            return False
         tl.add(name, "cordoned")
 
     def one(name: str) -> bool:

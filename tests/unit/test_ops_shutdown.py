@@ -276,3 +276,19 @@ async def test_no_drain_never_touches_the_api(kmock: km.KubernetesEmulator, tmp_
     assert not run_.failed and len(cluster.log) == 3
     assert list(kmock["patch"]) == [] and all_evictions(kmock) == []
     assert any("--no-drain" in n for n in run_.notes)
+
+
+@pytest.mark.asyncio
+async def test_a_cordon_the_api_refuses_stops_before_anything_is_powered_off(
+        kmock: km.KubernetesEmulator, tmp_path: Path) -> None:
+    inv = inventory(tmp_path, agents=1)
+    hosts = list(inv.hosts.values())
+    seed(kmock, node("node1", roles=("control-plane",)), node("node2"))
+    kmock["patch", km.resource("v1/nodes")] << 403 << {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                                         "message": "nodes is forbidden", "reason": "Forbidden",
+                                                         "code": 403}
+    cluster = FakeCluster()
+    run_ = await run(sd.shutdown, inv, hosts, kube=kube_for(kmock, tmp_path), read=reader(healthy(hosts)),
+                     poweroff=cluster.poweroff, observer=cluster.observer(), timeout=5, poll=0.02)
+    assert run_.stopped.startswith("the drain did not finish") and cluster.log == []
+    assert run_.drain[0].startswith("node2: cordon failed: cannot label node node2: HTTP 403")
