@@ -89,8 +89,11 @@ def default_kubeconfig(inv: Inventory) -> Path:
 
 
 def open_kube(inv: Inventory, kubeconfig: str | os.PathLike[str] | None = None,
-              *, request_timeout: float = 10.0) -> tuple[Kube | None, str]:
-    """The cluster's API if it answers, else None and why (one line, said to the user as the skip reason)."""
+              *, request_timeout: float = 10.0, wait: float = 0.0, poll: float = 2.0) -> tuple[Kube | None, str]:
+    """The cluster's API if it answers (asked again for up to `wait` seconds, e.g. while the servers start),
+    else None and why (one line, said to the user as the skip reason)."""
+    import time
+
     from picluster.kube.nodes import list_nodes
 
     path = Path(kubeconfig).expanduser() if kubeconfig else default_kubeconfig(inv)
@@ -98,11 +101,15 @@ def open_kube(inv: Inventory, kubeconfig: str | os.PathLike[str] | None = None,
         return None, (f"no kubeconfig at {path} (the k3s stage fetches it; or give --kubeconfig / "
                       f"${KUBECONFIG_ENV})")
     kube = Kube(path, request_timeout=request_timeout)
-    try:
-        list_nodes(kube)
-    except KubeError as err:
-        return None, f"the Kubernetes API does not answer: {err}"
-    return kube, ""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            list_nodes(kube)
+            return kube, ""
+        except KubeError as err:
+            if time.monotonic() >= deadline:
+                return None, f"the Kubernetes API does not answer: {err}"
+        time.sleep(max(0.0, min(poll, deadline - time.monotonic())))
 
 
 # --- status --------------------------------------------------------------------------------------------

@@ -102,12 +102,12 @@ def _positive(name: str, value: float | str | None) -> float | None:
     return seconds
 
 
-def _kube(inv: Inventory, kubeconfig: str | None, wanted: bool = True) -> tuple[Kube | None, str]:
+def _kube(inv: Inventory, kubeconfig: str | None, wanted: bool = True, wait: float = 0.0) -> tuple[Kube | None, str]:
     from picluster.ops.status import open_kube
 
     if not wanted:
         return None, "not asked for"
-    return open_kube(inv, kubeconfig)
+    return open_kube(inv, kubeconfig, wait=wait)
 
 
 @task(
@@ -216,7 +216,7 @@ def startup(
     with status:
         run = run_startup(hosts, timeout=timeout, ready_timeout=ready_timeout, workloads_timeout=workloads_timeout,
                           on_event=lambda e: console.print(event_line(e), highlight=False), on_group=on_group,
-                          kube_factory=lambda: _kube(inv, kubeconfig, any(h.is_k3s for h in hosts)))
+                          kube_factory=lambda: _kube(inv, kubeconfig, any(h.is_k3s for h in hosts), wait=ready_timeout))
     for line in run.notes:
         console.print(f"[dim]note: {line}[/dim]", highlight=False)
     if report:

@@ -77,10 +77,16 @@ def test_kubeconfig_lookup_and_why_the_api_is_not_asked(tmp_path: Path, monkeypa
 
 
 @pytest.mark.asyncio
-async def test_open_kube_answers_with_the_api(kmock: km.KubernetesEmulator, tmp_path: Path) -> None:
+async def test_open_kube_answers_with_the_api_and_waits_for_it(kmock: km.KubernetesEmulator, tmp_path: Path) -> None:
     seed(kmock, node("node1", roles=("control-plane",)))
     inv = inventory(tmp_path)
     kube = kube_for(kmock, tmp_path)
     found, why = await run(st.open_kube, inv, kube.kubeconfig)
     assert found is not None and why == ""
+    # the API starting: it does not answer twice, then it does; `wait` asks again meanwhile
+    kmock["list", km.resource("v1/nodes")][1:3] << 503 << {"kind": "Status", "apiVersion": "v1", "code": 503,
+                                                         "status": "Failure", "message": "starting"}
+    found, why = await run(st.open_kube, inv, kube.kubeconfig, wait=5, poll=0.05)
+    assert found is not None and why == "", why
+    assert len(list(kmock["list", km.resource("v1/nodes")])) == 4      # one, then two refused, then one
     assert server_faults(kmock) == []
