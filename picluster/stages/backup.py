@@ -21,7 +21,7 @@ from picluster.inventory import Host, Inventory
 from picluster.remote import AnyStep, Change, Command, Decision, Ok, ProbeOutput, StepError
 from picluster.state import Apt, Directory, File, Service, User
 from picluster.state.batch import Batch
-from picluster.state.skip import OnlyIf, skipped
+from picluster.state.skip import NotConfigured, OnlyIf, skipped
 
 MINIO_RELEASE = "RELEASE.2022-05-04T07-45-27Z"      # the reference's table (k8s/versions.yml, row Minio)
 MC_RELEASE = "RELEASE.2022-05-04T06-07-55Z"         # the client released with it
@@ -227,26 +227,6 @@ def unit_pair(name: str, script: str, on_calendar: str, what: str) -> tuple[str,
 
 
 # --- the plan -----------------------------------------------------------------------------------------
-
-
-class NotConfigured:
-    """A part the inventory does not ask for: an explicit skip with the reason."""
-
-    def __init__(self, label: str, reason: str) -> None:
-        self.label, self.reason = label, reason
-
-    @property
-    def name(self) -> str:
-        return self.label
-
-    def probes(self) -> Mapping[str, str]:
-        return {}
-
-    def parse(self, outputs: Mapping[str, ProbeOutput], marks: frozenset[str]) -> None:
-        return None
-
-    def decide(self, facts: object) -> Decision:
-        return skipped(self.reason)
 
 
 def minio_steps(inv: Inventory, host: Host) -> list[AnyStep]:

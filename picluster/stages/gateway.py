@@ -9,15 +9,14 @@ repository, as an external node of the cluster's logging and metrics.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from picluster import secrets
 from picluster.inventory import Host, Inventory
-from picluster.remote import AnyStep, Decision, ProbeOutput
+from picluster.remote import AnyStep
 from picluster.stages import os as os_stage
 from picluster.stages.templates import render
 from picluster.state import Apt, Directory, File, Service
@@ -26,7 +25,7 @@ from picluster.state.batch import Batch
 from picluster.state.checked_file import CheckedFile
 from picluster.state.nftables import NftRuleset
 from picluster.state.shared_kernel import SysctlsSet
-from picluster.state.skip import OnlyIf, skipped
+from picluster.state.skip import NotConfigured, OnlyIf
 
 PACKAGES = ("nftables", "dnsmasq", "curl", "gnupg")
 DNSMASQ_CONF = "/etc/dnsmasq.conf"
@@ -102,29 +101,6 @@ def fluentbit_conf(inv: Inventory, host: Host) -> str:
     """Return fluent-bit.conf: syslog to the cluster's fluentd, node metrics on :9100."""
     return render("fluent-bit.conf.j2", parsers=FLUENTBIT_PARSERS, lua=FLUENTBIT_LUA,
                   fluentd=f"fluentd.{inv.cluster.domain}", hostname=host.name)
-
-
-class NotConfigured:
-    """A part of the stage the inventory does not ask for: an explicit skip with the reason."""
-
-    def __init__(self, label: str, reason: str) -> None:
-        self.label, self.reason = label, reason
-
-    @property
-    def name(self) -> str:
-        """Return the step label."""
-        return self.label
-
-    def probes(self) -> Mapping[str, str]:
-        """No facts."""
-        return {}
-
-    def parse(self, outputs: Mapping[str, ProbeOutput], marks: frozenset[str]) -> None:
-        """No facts."""
-
-    def decide(self, facts: Any) -> Decision:
-        """Skip with the reason."""
-        return skipped(self.reason)
 
 
 def fluentbit_steps(inv: Inventory, host: Host) -> list[AnyStep]:

@@ -14,7 +14,7 @@ from typing import Any
 from picluster.remote import SKIPPED, AnyStep, Decision, Ok, ProbeOutput
 from picluster.remote import skip as skipped
 
-__all__ = ["IN_CONTAINER", "SKIPPED", "OnlyIf", "is_skipped", "skipped"]
+__all__ = ["IN_CONTAINER", "SKIPPED", "NotConfigured", "OnlyIf", "is_skipped", "skipped"]
 
 IN_CONTAINER = "systemd-detect-virt --quiet --container"
 
@@ -69,3 +69,27 @@ class OnlyIf:
         if not facts.holds:
             return skipped(self.reason) if self.skip else Ok(self.reason)
         return self.step.decide(facts.inner)
+
+
+class NotConfigured:
+    """A part the inventory does not ask for: an explicit skip with the reason, reading no facts."""
+
+    def __init__(self, label: str, reason: str) -> None:
+        self.label, self.reason = label, reason
+
+    @property
+    def name(self) -> str:
+        """Return the step label."""
+        return self.label
+
+    def probes(self) -> Mapping[str, str]:
+        """No facts."""
+        return {}
+
+    def parse(self, outputs: Mapping[str, ProbeOutput], marks: frozenset[str]) -> None:
+        """No facts."""
+        return None
+
+    def decide(self, facts: object) -> Decision:
+        """Skip with the reason."""
+        return skipped(self.reason)
