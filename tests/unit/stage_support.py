@@ -1,13 +1,16 @@
-"""The reference inventory (hosts/inventory.yml) with a literal key, so plans can be built on any machine."""
+"""Helpers of the stage tests: the reference inventory with a literal key, and facts in → decision out."""
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from picluster.inventory import Inventory, load_inventory
+from picluster.remote import ProbeOutput
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl picluster@controller"
@@ -27,3 +30,25 @@ def write_inventory(tmp: Path, data: dict[str, Any], name: str = "inventory.yml"
     path = tmp / name
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return load_inventory(path)
+
+
+NO_MARKS: frozenset[str] = frozenset()
+
+
+def out(stdout: str = "", code: int = 0) -> ProbeOutput:
+    """A probe's output."""
+    return ProbeOutput(stdout, code)
+
+
+def b64(data: bytes) -> ProbeOutput:
+    """A probe's output of file content, as the file probes print it (base64)."""
+    return out(base64.b64encode(data).decode())
+
+
+MISSING = out("", 1)
+
+
+def decide(step: Any, outputs: Mapping[str, ProbeOutput], marks: frozenset[str] = NO_MARKS) -> Any:
+    """Feed a step exactly the probes it asks for and return its decision."""
+    assert set(outputs) == set(step.probes()), sorted(step.probes())
+    return step.decide(step.parse(outputs, marks))

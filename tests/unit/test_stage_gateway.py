@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
-from typing import Any
 
 import pytest
-from stage_support import reference_data, write_inventory
+from stage_support import MISSING, b64, decide, out, reference_data, write_inventory
 
 from picluster.inventory import Inventory
 from picluster.remote import APT_UPDATED, Change, Ok, ProbeOutput
@@ -15,24 +13,6 @@ from picluster.stages import gateway
 from picluster.state.apt_repo import AptRepository
 from picluster.state.nftables import APPLIED, NftRuleset
 from picluster.state.skip import is_skipped
-
-NO_MARKS: frozenset[str] = frozenset()
-
-
-def out(stdout: str = "", code: int = 0) -> ProbeOutput:
-    return ProbeOutput(stdout, code)
-
-
-def b64(data: bytes) -> ProbeOutput:
-    return out(base64.b64encode(data).decode())
-
-
-MISSING = out("", 1)
-
-
-def decide(step: Any, outputs: dict[str, ProbeOutput], marks: frozenset[str] = NO_MARKS) -> Any:
-    assert set(outputs) == set(step.probes()), sorted(step.probes())
-    return step.decide(step.parse(outputs, marks))
 
 
 @pytest.fixture(scope="module")

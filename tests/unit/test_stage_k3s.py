@@ -9,7 +9,6 @@ import dataclasses
 import hashlib
 import json
 import stat
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import kmock as km
 import pytest
 import yaml
 from kube_support import TOKEN, all_evictions, allow_eviction, node, pod, run, seed, server_faults
-from stage_support import reference_data, write_inventory
+from stage_support import decide, out, reference_data, write_inventory
 
 from picluster.inventory import Inventory
 from picluster.remote import Change, Ok, ProbeOutput, StepError, changed_mark
@@ -25,19 +24,6 @@ from picluster.stages import STAGES, k3s
 from picluster.state.skip import is_skipped
 
 VERSION = "v1.24.3+k3s1"
-NO_MARKS: frozenset[str] = frozenset()
-
-
-def out(stdout: str = "", code: int = 0) -> ProbeOutput:
-    return ProbeOutput(stdout, code)
-
-
-def decide(step: Any, outputs: Mapping[str, ProbeOutput], marks: frozenset[str] = NO_MARKS) -> Any:
-    """Probe names must match the step's; then parse and decide."""
-    assert set(outputs) == set(step.probes()), sorted(step.probes())
-    return step.decide(step.parse(outputs, marks))
-
-
 @pytest.fixture(autouse=True)
 def secrets_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own secrets store and no air-gap bundle from the environment."""

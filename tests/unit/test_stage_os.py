@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import subprocess
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from stage_support import KEY, reference_data, write_inventory
+from stage_support import KEY, MISSING, NO_MARKS, b64, decide, out, reference_data, write_inventory
 
 from picluster.inventory import Inventory
 from picluster.remote import NEEDS_REBOOT, Change, Ok, ProbeOutput, StepError, changed_mark
@@ -29,25 +27,6 @@ from picluster.state.sshd import DROPIN, SshdHardening
 from picluster.state.storage import DataVolume
 from picluster.state.swap import SwapOff
 from picluster.state.timezone import Timezone
-
-NO_MARKS: frozenset[str] = frozenset()
-
-
-def out(stdout: str = "", code: int = 0) -> ProbeOutput:
-    return ProbeOutput(stdout, code)
-
-
-def b64(data: bytes) -> ProbeOutput:
-    return out(base64.b64encode(data).decode())
-
-
-MISSING = out("", 1)
-
-
-def decide(step: Any, outputs: Mapping[str, ProbeOutput], marks: frozenset[str] = NO_MARKS) -> Any:
-    """Probe names must match the step's; then parse and decide."""
-    assert set(outputs) == set(step.probes()), sorted(step.probes())
-    return step.decide(step.parse(outputs, marks))
 
 
 @pytest.fixture(scope="module")
