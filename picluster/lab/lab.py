@@ -267,9 +267,13 @@ class Lab:
         times: dict[str, float] = {}
 
         def wait_one(h: Host, done: Callable[[], None]) -> None:
+            stopped_seen = 0
             while not self._ssh_probe(h):
                 status = self._node_status(h)
-                if status.state != "running":
+                # NOTE: one "stopped" reading can be the supervisor mid-exec (its /proc cmdline is empty for
+                # an instant); only two in a row mean the node really stopped
+                stopped_seen = stopped_seen + 1 if status.state != "running" else 0
+                if stopped_seen >= 2:
                     raise LabError(f"{h.name} stopped while booting ({status.reason or 'no reason given'}); "
                                    f"see {self.paths(h.name).console}")
                 if time.monotonic() > deadline:
