@@ -182,3 +182,13 @@ def me() -> tuple[str, str]:
 def private_secret_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Secrets the code makes or reads live in a store of the test's own, never in the user's home."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+
+
+@pytest.fixture(scope="session")
+def made_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Minio CA and certificate of the reference inventory, made once for the apps tests to copy."""
+    from picluster.stages.apps import pki
+
+    folder = tmp_path_factory.mktemp("state") / "pki"
+    pki.ensure(folder, "s3.picluster.example.com", "10.0.0.11")
+    return folder

@@ -19,18 +19,10 @@ from picluster import secrets
 from picluster.inventory import Inventory
 from picluster.remote import Change, Ok, ProbeOutput, StepError
 from picluster.stages import STAGES, backup
-from picluster.stages.apps import pki
 from picluster.state.skip import SKIPPED
 
 if TYPE_CHECKING:
     from conftest import Sshd
-
-
-@pytest.fixture(scope="module")
-def made_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("state") / "pki"
-    pki.ensure(folder, "s3.picluster.example.com", "10.0.0.11")
-    return folder
 
 
 @pytest.fixture

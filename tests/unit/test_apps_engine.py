@@ -20,7 +20,6 @@ from kube_support import run, server_faults, write_kubeconfig
 
 from picluster import secrets as store
 from picluster.inventory import Inventory, load_inventory
-from picluster.stages.apps import pki
 from picluster.stages.apps.engine import Tools, plan_releases, run_releases
 from picluster.stages.apps.spec import SpecError, load_releases
 from picluster.versions import REPO_ROOT
@@ -30,13 +29,6 @@ TRUST_ANCHOR = "-----BEGIN CERTIFICATE-----\nMIIBtrustanchor\n-----END CERTIFICA
 HELM_ORDER = ["metallb", "certmanager", "linkerd2", "velero", "longhorn", "elastic-operator", "fluentd",
               "fluent-bit", "prometheus-elasticsearch-exporter", "kube-prometheus-stack", "linkerd-viz"]
 FAST = {"lookup_wait": 1.0, "apply_attempts": 1, "apply_wait": 0.0}
-
-
-@pytest.fixture(scope="module")
-def made_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("state") / "pki"
-    pki.ensure(folder, "s3.picluster.example.com", "10.0.0.11")
-    return folder
 
 
 @pytest.fixture
