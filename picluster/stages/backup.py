@@ -5,9 +5,11 @@
   on :9092; buckets restic, k3s-longhorn and k3s-velero, each with its own user and a policy limited to its
   bucket. The minio and mc binaries come from the vendor's download site (checked against its .sha256sum);
   where that site is unreachable the binary, the service and the provisioning are an explicit skip.
-- restic: the Debian package; a 0600 env file (repository on Minio, its password, the S3 login), the CA,
-  a backup script, and a systemd timer (daily 03:00) on every host; the repository check/forget/prune
-  timer (daily 06:00) on the gateway only, since those take an exclusive lock.
+- restic: the pinned GitHub build in /usr/local/bin (Ubuntu 20.04's package, 0.9.6, is too old), checked
+  against the digest pinned in k8s/versions.yml; a 0600 env file (repository on Minio, its password, the S3
+  login), the CA, a backup script, and a systemd timer (daily 03:00) on every host; the repository
+  check/forget/prune timer (daily 06:00) on the gateway only, since those take an exclusive lock. Where
+  GitHub is unreachable the binary is an explicit skip and systemd skips the timer's runs.
 """
 
 from __future__ import annotations
@@ -22,13 +24,9 @@ from picluster.remote import AnyStep, Change, Command, Decision, Ok, ProbeOutput
 from picluster.state import Apt, Directory, File, Service, User
 from picluster.state.batch import Batch
 from picluster.state.skip import NotConfigured, OnlyIf, skipped
+from picluster.versions import Binary, binary
 
-MINIO_RELEASE = "RELEASE.2022-05-04T07-45-27Z"      # the reference's table (k8s/versions.yml, row Minio)
-MC_RELEASE = "RELEASE.2022-05-04T06-07-55Z"         # the client released with it
-DOWNLOAD_SITE = "https://dl.min.io"
-MINIO_URL = DOWNLOAD_SITE + "/server/minio/release/linux-{arch}/archive/minio." + MINIO_RELEASE
-MC_URL = DOWNLOAD_SITE + "/client/mc/release/linux-{arch}/archive/mc." + MC_RELEASE
-MINIO_BIN, MC_BIN = "/usr/local/bin/minio", "/usr/local/bin/mc"
+MINIO_BIN, MC_BIN, RESTIC_BIN = "/usr/local/bin/minio", "/usr/local/bin/mc", "/usr/local/bin/restic"
 MINIO_CONF, MINIO_SSL, MINIO_DATA = "/etc/minio/minio.conf", "/etc/minio/ssl", "/storage/minio"
 MINIO_USERS = "/etc/minio/users.env"
 MINIO_UNIT = "/etc/systemd/system/minio.service"
@@ -40,7 +38,7 @@ BUCKETS = {"restic": "restic", "longhorn": "k3s-longhorn", "velero": "k3s-velero
 MC_ENV = (f'set -a; . {MINIO_CONF}; set +a; export MC_HOST_local="https://$MINIO_ROOT_USER:$MINIO_ROOT_PASSWORD'
           '@127.0.0.1:9091"')
 HAS_MINIO = f"test -x {MINIO_BIN} && test -x {MC_BIN}"
-NO_MINIO = f"minio or mc is not installed ({DOWNLOAD_SITE} was unreachable: see the 'binary' steps)"
+NO_MINIO = "minio or mc is not installed (their download site was unreachable: see the 'binary' steps)"
 
 
 def minio_host(inv: Inventory) -> Host | None:
@@ -61,45 +59,64 @@ class BinaryFacts:
 
 
 class VendorBinary:
-    """Ensure `path` is the vendor's build `release`, downloaded from its site and checked by sha256.
+    """Ensure `path` is the pinned vendor build of `binary` (k8s/versions.yml), downloaded and sha256-checked.
 
-    Where the site cannot be reached from the host (no internet, as in the lab), an explicit skip.
+    The digest is the one pinned in versions.yml, or the vendor's checksum file. Where the download site
+    cannot be reached from the host (no internet, as in the lab), an explicit skip.
     """
 
-    def __init__(self, path: str, url: str, release: str) -> None:
-        self.path, self.url, self.release = path, url, release
+    def __init__(self, binary: Binary, path: str, version_args: str = "--version") -> None:
+        self.binary, self.path, self.version_args = binary, path, version_args
 
     @property
     def name(self) -> str:
         return f"binary {self.path}"
 
+    @property
+    def site(self) -> str:
+        """The download site (scheme and host) of the binary's URL."""
+        return "/".join(self.binary.url_template.split("/")[:3])
+
     def probes(self) -> Mapping[str, str]:
-        return {"version": f"{shlex.quote(self.path)} --version 2>/dev/null | head -n 3",
-                "arch": "dpkg --print-architecture",
-                "reach": f"curl -fsSI --max-time 10 -o /dev/null {shlex.quote(DOWNLOAD_SITE)}/"}
+        version = f"{shlex.quote(self.path)} {self.version_args} 2>/dev/null | head -n 3"
+        # The site is only asked when the build is not the pinned one; any HTTP answer means reachable.
+        reach = (f"if {version} | grep -qwF -- {shlex.quote(self.binary.version)}; then exit 0; fi; "
+                 f"curl -sSI --max-time 10 -o /dev/null {shlex.quote(self.site)}/")
+        return {"version": version, "arch": "dpkg --print-architecture", "reach": reach}
 
     def parse(self, outputs: Mapping[str, ProbeOutput], marks: frozenset[str]) -> BinaryFacts:
         return BinaryFacts(outputs["version"].stdout, outputs["arch"].stdout.strip() or "arm64",
                            outputs["reach"].ok, outputs["reach"].exit_code)
 
     def decide(self, facts: BinaryFacts) -> Decision:
-        if self.release in facts.version:
-            return Ok(f"{self.path} is {self.release}")
+        b = self.binary
+        if b.version in facts.version.split():
+            return Ok(f"{self.path} is {b.name} {b.version}")
         if facts.reach_code == 127:
             raise StepError(f"curl is missing on this host: it is needed to download {self.path} (apt install curl)")
         if not facts.reachable:
-            return skipped(f"{DOWNLOAD_SITE} is unreachable from this host (curl exit {facts.reach_code}); "
-                           f"{self.path} {self.release} not installed")
-        url = self.url.format(arch=facts.arch)
+            return skipped(f"{self.site} is unreachable from this host (curl exit {facts.reach_code}); "
+                           f"{self.path} {b.version} not installed")
+        url = b.url(facts.arch)
+        if b.sha256_url(facts.arch):
+            fetch_sum = [f'curl -fsSL --retry 3 -o "$tmp/sum" {shlex.quote(b.sha256_url(facts.arch))}',
+                         'sum=$(cut -d" " -f1 "$tmp/sum")']
+        elif facts.arch in b.sha256:
+            fetch_sum = [f"sum={b.sha256[facts.arch]}"]
+        else:
+            raise StepError(f"no sha256 pinned for {b.name} on {facts.arch}: add binaries.{b.name}.sha256.{facts.arch} "
+                            f"to k8s/versions.yml (from the vendor's checksums of {b.version})")
+        unpack = ['bunzip2 -c "$tmp/dl" >"$tmp/bin"'] if url.endswith(".bz2") else ['mv "$tmp/dl" "$tmp/bin"']
         script = "\n".join([
             "set -e", 'tmp=$(mktemp -d)', 'trap \'rm -rf "$tmp"\' EXIT',
-            f'curl -fsSL --retry 3 -o "$tmp/bin" {shlex.quote(url)}',
-            f'curl -fsSL --retry 3 -o "$tmp/sum" {shlex.quote(url + ".sha256sum")}',
-            'echo "$(cut -d" " -f1 "$tmp/sum")  $tmp/bin" | sha256sum -c --quiet -',
+            f'curl -fsSL --retry 3 -o "$tmp/dl" {shlex.quote(url)}',
+            *fetch_sum,
+            'echo "$sum  $tmp/dl" | sha256sum -c --quiet -',
+            *unpack,
             f'install -m 0755 "$tmp/bin" {shlex.quote(self.path)}',
         ])
         was = facts.version.splitlines()[0] if facts.version.strip() else "not installed"
-        return Change(f"{self.path}: {was} -> {self.release} ({url}, sha256-checked)", [Command(script)])
+        return Change(f"{self.path}: {was} -> {b.name} {b.version} ({url}, sha256-checked)", [Command(script)])
 
 
 # --- Minio buckets, users and policies ----------------------------------------------------------------
@@ -202,7 +219,7 @@ def backup_script(inv: Inventory) -> str:
     users = dict.fromkeys([inv.cluster.automation_user, *(u.name for u in inv.cluster.admin_users)])
     paths = ["/etc", "/root", *(f"/home/{u}" for u in users)]
     excludes = ["/root/.cache", *(f"/home/{u}/.cache" for u in users), *(f"/home/{u}/.ansible" for u in users)]
-    restic = f"restic --cacert {RESTIC_CA}"
+    restic = f"{RESTIC_BIN} --cacert {RESTIC_CA}"
     return "\n".join([
         "#!/bin/sh", "# Managed by picluster (apps stage): OS backup to the Minio bucket restic.", "set -eu",
         f"set -a; . {RESTIC_ENV}; set +a",
@@ -212,14 +229,16 @@ def backup_script(inv: Inventory) -> str:
 
 
 def clean_script() -> str:
-    restic = f"restic --cacert {RESTIC_CA}"
+    restic = f"{RESTIC_BIN} --cacert {RESTIC_CA}"
     return "\n".join(["#!/bin/sh", "# Managed by picluster (apps stage): check, forget (30 days), prune.",
                       "set -eu", f"set -a; . {RESTIC_ENV}; set +a", f"{restic} check",
                       f"{restic} forget --keep-within 30d --prune", ""])
 
 
 def unit_pair(name: str, script: str, on_calendar: str, what: str) -> tuple[str, str]:
-    service = (f"[Unit]\nDescription=restic {what}\nWants=network-online.target\nAfter=network-online.target\n\n"
+    service = (f"[Unit]\nDescription=restic {what}\nWants=network-online.target\nAfter=network-online.target\n"
+               # without the binary (its download was skipped) a run is a clean systemd skip, not a failure
+               f"ConditionFileIsExecutable={RESTIC_BIN}\n\n"
                f"[Service]\nType=oneshot\nExecStart={script}\nNice=10\n")
     timer = (f"[Unit]\nDescription=restic {what}, daily\n\n[Timer]\nOnCalendar={on_calendar}\nPersistent=true\n"
              "RandomizedDelaySec=300\n\n[Install]\nWantedBy=timers.target\n")
@@ -252,8 +271,8 @@ def minio_steps(inv: Inventory, host: Host) -> list[AnyStep]:
             File(MINIO_UNIT, minio_unit()),
         ]),
         Apt(["curl", "ca-certificates"]),
-        VendorBinary(MINIO_BIN, MINIO_URL, MINIO_RELEASE),
-        VendorBinary(MC_BIN, MC_URL, MC_RELEASE),
+        VendorBinary(binary("minio"), MINIO_BIN),
+        VendorBinary(binary("mc"), MC_BIN),
         OnlyIf(Service("minio", enabled=True, running=True,
                        restart_on=[MINIO_CONF, MINIO_UNIT, f"{MINIO_SSL}/public.crt", f"{MINIO_SSL}/private.key"]),
                HAS_MINIO, NO_MINIO),
@@ -286,7 +305,8 @@ def restic_steps(inv: Inventory, host: Host) -> list[AnyStep]:
                   File(f"{UNITS}/restic-clean.timer", clean_timer)]
         timers.append(Service("restic-clean.timer", enabled=True, running=True,
                               restart_on=[f"{UNITS}/restic-clean.timer"]))
-    return [Apt("restic"), Batch("restic files", files), *timers]
+    return [Apt(["curl", "ca-certificates", "bzip2"]), VendorBinary(binary("restic"), RESTIC_BIN, "version"),
+            Batch("restic files", files), *timers]
 
 
 def host_steps(inv: Inventory, host: Host) -> list[AnyStep]:

@@ -9,7 +9,7 @@ from picluster.tasks._common import USAGE_ERROR
 
 
 @task(help={"file": "versions file (default: k8s/versions.yml)",
-            "repos": "also list the Helm repos and every pinned chart"},
+            "repos": "also list the Helm repos, every pinned chart and the hosts' binaries with their URLs"},
       default=True)
 def show(c: Context, file: str | None = None, repos: bool = False) -> None:
     """Print the release table: every component with its pinned version and chart."""
@@ -28,7 +28,7 @@ def show(c: Context, file: str | None = None, repos: bool = False) -> None:
     for column in ("Type", "Software", "Version", "Helm chart", "Notes"):
         table.add_column(column, overflow="fold", no_wrap=column in ("Version", "Helm chart"))
     for row in v.release:
-        chart = row.chart.label if row.chart else ""
+        chart = row.chart.label if row.chart else (f"({row.binary.name} binary)" if row.binary else "")
         if row.chart and row.chart.bundled:
             chart += f" ({row.chart.bundled}-bundled)"
         elif row.chart and row.chart.parent:
@@ -48,3 +48,11 @@ def show(c: Context, file: str | None = None, repos: bool = False) -> None:
             pinned = ", ".join(c.label for c in v.charts.values() if c.repo == name)
             charts.add_row(name, url, pinned, v.repo_notes.get(name, ""))
         console.print(charts)
+        binaries = Table(title="Host binaries (outside Kubernetes)", title_justify="left")
+        for column in ("Binary", "Version", "arm64 build", "Checked against"):
+            binaries.add_column(column, overflow="fold")
+        for b in v.binaries.values():
+            check = b.sha256_url("arm64").replace(b.url("arm64"), "the vendor's <build URL>") or \
+                f"sha256 pinned for {', '.join(sorted(b.sha256))}"
+            binaries.add_row(b.name, b.version, b.url("arm64"), check)
+        console.print(binaries)

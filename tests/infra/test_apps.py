@@ -24,6 +24,7 @@ from picluster.inventory import Inventory
 from picluster.stages import backup
 from picluster.stages.apps.engine import Tools
 from picluster.stages.apps.spec import Release, load_releases
+from picluster.versions import binary
 
 RELEASES = load_releases().ordered()
 
@@ -31,16 +32,34 @@ RELEASES = load_releases().ordered()
 # --- on every Pi --------------------------------------------------------------------------------------
 
 
+def require_pinned_binary(host: Any, node: Any, name: str, path: str, version_args: str = "--version") -> None:
+    """Pass when `path` is the pinned build; skip only when its download site is unreachable from the host."""
+    pinned = binary(name)
+    out = host.run(f"{path} {version_args}")
+    if out.rc == 0:
+        assert pinned.version in out.stdout.split(), f"{path} is not {name} {pinned.version}: {out.stdout!r}"
+        return
+    site = backup.VendorBinary(pinned, path).site
+    if host.run(f"curl -sSI --max-time 10 -o /dev/null {site}/").rc != 0:
+        pytest.skip(f"{name} is not installed on {node.name}: {site} is unreachable from it")
+    pytest.fail(f"{path} is missing on {node.name} although {site} answers: re-run `invoke apps.apply`")
+
+
 def test_restic_backup_timer_is_enabled_and_active(host: Any, inventory: Inventory) -> None:
     if "s3" not in inventory.cluster.services:
         pytest.skip("cluster.services has no 's3': no backups configured")
-    assert host.package("restic").is_installed
     timer = host.service("restic-backup.timer")
     assert timer.is_enabled and timer.is_running
     with host.sudo():
         env = host.file(backup.RESTIC_ENV)
         assert env.exists and env.mode == 0o600 and env.user == "root"
         assert host.file(backup.RESTIC_BACKUP).mode == 0o700
+
+
+def test_restic_is_the_pinned_build(host: Any, node: Any, inventory: Inventory) -> None:
+    if "s3" not in inventory.cluster.services:
+        pytest.skip("cluster.services has no 's3': no backups configured")
+    require_pinned_binary(host, node, "restic", backup.RESTIC_BIN, "version")
 
 
 def test_the_gateway_alone_maintains_the_repository(host: Any, node: Any) -> None:
@@ -55,13 +74,15 @@ def test_minio_serves_tls_on_the_s3_host(host: Any, node: Any, inventory: Invent
     server = backup.minio_host(inventory)
     if server is None or node.name != server.name:
         pytest.skip(f"{node.name} is not the s3 host")
-    if not host.file(backup.MINIO_BIN).exists:
-        pytest.skip(f"minio is not installed on {node.name}: {backup.DOWNLOAD_SITE} was unreachable from it")
+    require_pinned_binary(host, node, "minio", backup.MINIO_BIN)
+    require_pinned_binary(host, node, "mc", backup.MC_BIN)
     assert host.service("minio").is_enabled and host.service("minio").is_running
     assert host.socket("tcp://0.0.0.0:9091").is_listening or host.socket("tcp://:::9091").is_listening
-    out = host.run("curl -fsS --cacert /etc/restic/ca.pem https://127.0.0.1:9091/minio/health/live "
-                   f"--resolve s3.{inventory.cluster.domain}:9091:127.0.0.1 -o /dev/null -w '%{{http_code}}'")
-    assert out.rc == 0 or out.stdout.strip() == "200"
+    name = f"s3.{inventory.cluster.domain}"
+    with host.sudo():    # the CA copy lives in root's 0700 /etc/restic
+        out = host.run(f"curl -fsS --cacert {backup.RESTIC_CA} --resolve {name}:9091:127.0.0.1 "
+                       f"https://{name}:9091/minio/health/live -o /dev/null -w '%{{http_code}}'")
+    assert out.rc == 0 and out.stdout.strip() == "200", out.stderr
 
 
 # --- the cluster, from the controller -----------------------------------------------------------------

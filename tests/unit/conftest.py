@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from grafana_com_double import GrafanaComDouble
 from invoke.config import Config as InvokeConfig
 from invoke.context import Context
 
@@ -182,6 +183,24 @@ def me() -> tuple[str, str]:
 def private_secret_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Secrets the code makes or reads live in a store of the test's own, never in the user's home."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+
+
+@pytest.fixture(scope="session")
+def grafana_com() -> Iterator[GrafanaComDouble]:
+    """grafana.com's dashboard downloads, as a test double on 127.0.0.1."""
+    double = GrafanaComDouble().start()
+    yield double
+    double.stop()
+
+
+@pytest.fixture(autouse=True)
+def private_grafana_com(grafana_com: GrafanaComDouble, monkeypatch: pytest.MonkeyPatch) -> GrafanaComDouble:
+    """Dashboards the code downloads come from the test double, never from the internet."""
+    from picluster.stages.apps.dashboards import SITE_ENV
+
+    monkeypatch.setenv(SITE_ENV, grafana_com.url)
+    grafana_com.missing.clear()
+    return grafana_com
 
 
 @pytest.fixture(scope="session")

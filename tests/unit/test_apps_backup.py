@@ -6,9 +6,12 @@ no helm binary, no kubeconfig).
 
 from __future__ import annotations
 
+import bz2
+import hashlib
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +23,7 @@ from picluster.inventory import Inventory
 from picluster.remote import Change, Ok, ProbeOutput, StepError
 from picluster.stages import STAGES, backup
 from picluster.state.skip import SKIPPED
+from picluster.versions import Binary, binary
 
 if TYPE_CHECKING:
     from conftest import Sshd
@@ -48,7 +52,7 @@ def test_minio_goes_where_the_registry_points_s3_and_restic_everywhere(inv: Inve
     assert "minio buckets, users and policies" in node1
     assert not any("minio" in n for n in node2 + gateway)
     for steps in (node1, node2, gateway):
-        assert any(n.startswith("apt") and "restic" in n for n in steps), steps
+        assert "binary /usr/local/bin/restic" in steps, steps
         assert "service restic-backup.timer" in steps
     assert "service restic-clean.timer" in gateway and "service restic-clean.timer" not in node2
 
@@ -73,31 +77,81 @@ def test_the_secret_files_hold_store_values_and_never_show_them(inv: Inventory) 
 
 def test_backup_script_covers_the_admin_homes_and_initialises_once(inv: Inventory) -> None:
     script = backup.backup_script(inv)
-    assert "restic --cacert /etc/restic/ca.pem cat config >/dev/null 2>&1 || restic --cacert" in script
+    restic = "/usr/local/bin/restic --cacert /etc/restic/ca.pem"
+    assert f"{restic} cat config >/dev/null 2>&1 || {restic} init" in script
     assert script.rstrip().endswith("/etc /root /home/picluster /home/oss")
     assert "--exclude /home/oss/.cache" in script
 
 
-def binary_facts(version: str = "", reach: int = 0) -> dict[str, ProbeOutput]:
-    return {"version": ProbeOutput(version), "arch": ProbeOutput("arm64\n"), "reach": ProbeOutput("", reach)}
+def binary_facts(version: str = "", reach: int = 0, arch: str = "arm64") -> dict[str, ProbeOutput]:
+    return {"version": ProbeOutput(version), "arch": ProbeOutput(arch + "\n"), "reach": ProbeOutput("", reach)}
 
 
 def test_the_minio_binary_is_a_skip_where_its_site_is_unreachable() -> None:
-    step = backup.VendorBinary(backup.MINIO_BIN, backup.MINIO_URL, backup.MINIO_RELEASE)
+    minio = binary("minio")
+    step = backup.VendorBinary(minio, backup.MINIO_BIN)
     unreachable = step.decide(step.parse(binary_facts(reach=28), frozenset()))
     assert isinstance(unreachable, Ok) and unreachable.reason.startswith(
         SKIPPED + "https://dl.min.io is unreachable from this host (curl exit 28)")
     with pytest.raises(StepError, match="curl is missing on this host"):
         step.decide(step.parse(binary_facts(reach=127), frozenset()))
-    installed = step.decide(step.parse(binary_facts(f"minio version {backup.MINIO_RELEASE}\n", reach=28),
+    installed = step.decide(step.parse(binary_facts(f"minio version {minio.version} (commit-id=x)\n", reach=28),
                                        frozenset()))
-    assert installed == Ok(f"/usr/local/bin/minio is {backup.MINIO_RELEASE}")
+    assert installed == Ok(f"/usr/local/bin/minio is minio {minio.version}")
     download = step.decide(step.parse(binary_facts(), frozenset()))
     assert isinstance(download, Change)
-    url = f"https://dl.min.io/server/minio/release/linux-arm64/archive/minio.{backup.MINIO_RELEASE}"
+    url = f"https://dl.min.io/server/minio/release/linux-arm64/archive/minio.{minio.version}"
     (command,) = download.commands
-    assert f"-o \"$tmp/bin\" {url}\n" in command.script and f"{url}.sha256sum" in command.script
+    assert f"-o \"$tmp/dl\" {url}\n" in command.script and f"{url}.sha256sum" in command.script
     assert "sha256sum -c" in command.script and "install -m 0755" in command.script
+
+
+def test_restic_is_the_pinned_github_build_checked_against_the_pinned_digest() -> None:
+    restic = binary("restic")
+    assert restic.version == "0.12.1"
+    step = backup.VendorBinary(restic, backup.RESTIC_BIN, "version")
+    assert step.probes()["version"] == "/usr/local/bin/restic version 2>/dev/null | head -n 3"
+    newer = step.decide(step.parse(binary_facts("restic 0.12.10 compiled with go1.17 on linux/arm64\n"), frozenset()))
+    assert isinstance(newer, Change), "0.12.10 is not 0.12.1"
+    (command,) = newer.commands
+    assert "https://github.com/restic/restic/releases/download/v0.12.1/restic_0.12.1_linux_arm64.bz2" in command.script
+    assert f"sum={restic.sha256['arm64']}\n" in command.script and "bunzip2 -c" in command.script
+    same = step.decide(step.parse(binary_facts("restic 0.12.1 compiled with go1.16.6 on linux/arm64\n"), frozenset()))
+    assert same == Ok("/usr/local/bin/restic is restic 0.12.1")
+    offline = step.decide(step.parse(binary_facts(reach=7), frozenset()))
+    assert isinstance(offline, Ok) and offline.reason.startswith(SKIPPED + "https://github.com is unreachable")
+    with pytest.raises(StepError, match=r"no sha256 pinned for restic on riscv64: add binaries\.restic\.sha256\."
+                                        r"riscv64 to k8s/versions.yml"):
+        step.decide(step.parse(binary_facts(arch="riscv64"), frozenset()))
+
+
+@pytest.mark.parametrize("pinned", [True, False], ids=["digest-pinned", "vendor-checksum-file"])
+def test_the_install_script_installs_only_a_build_whose_digest_matches(tmp_path: Path, pinned: bool) -> None:
+    """The generated script, run by a real shell on real files (file:// URLs): good build in, bad build out."""
+    build = b"#!/bin/sh\necho 'restic 0.12.1 compiled with go1.16.6 on linux/arm64'\n"
+    (tmp_path / "restic_0.12.1_linux_arm64.bz2").write_bytes(bz2.compress(build))
+    digest = hashlib.sha256((tmp_path / "restic_0.12.1_linux_arm64.bz2").read_bytes()).hexdigest()
+    (tmp_path / "restic_0.12.1_linux_arm64.bz2.sum").write_text(f"{digest}  restic_0.12.1_linux_arm64.bz2\n")
+    url = f"file://{tmp_path}/restic_{{version}}_linux_{{arch}}.bz2"
+    good = Binary("restic", "0.12.1", url, {"arm64": digest} if pinned else {}, "" if pinned else "{url}.sum")
+    bad = Binary("restic", "0.12.1", url, {"arm64": "0" * 64} if pinned else {}, "" if pinned else "{url}.bad")
+    (tmp_path / "restic_0.12.1_linux_arm64.bz2.bad").write_text("0" * 64 + "  restic_0.12.1_linux_arm64.bz2\n")
+    target = tmp_path / "bin" / "restic"
+    target.parent.mkdir()
+
+    def install(b: Binary) -> subprocess.CompletedProcess[str]:
+        step = backup.VendorBinary(b, str(target), "version")
+        change = step.decide(step.parse(binary_facts(), frozenset()))
+        assert isinstance(change, Change)
+        return subprocess.run(["sh", "-c", change.commands[0].script], capture_output=True, text=True, timeout=60)
+
+    refused = install(bad)
+    assert refused.returncode != 0 and "FAILED" in refused.stderr + refused.stdout
+    assert not target.exists()
+    done = install(good)
+    assert done.returncode == 0, done.stderr
+    assert target.read_bytes() == build and os.access(target, os.X_OK)
+    assert subprocess.run([str(target), "version"], capture_output=True, text=True).stdout.split()[1] == "0.12.1"
 
 
 def test_buckets_and_users_are_made_only_where_missing() -> None:

@@ -22,7 +22,7 @@ from picluster import secrets as store
 from picluster.inventory import Inventory, load_inventory
 from picluster.stages.apps.engine import Tools, plan_releases, run_releases
 from picluster.stages.apps.spec import SpecError, load_releases
-from picluster.versions import REPO_ROOT
+from picluster.versions import REPO_ROOT, load_versions
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.kmock(cls=SsaEmulator)]
 TRUST_ANCHOR = "-----BEGIN CERTIFICATE-----\nMIIBtrustanchor\n-----END CERTIFICATE-----\n"
@@ -154,6 +154,9 @@ def check_manifests_are_applied_server_side_after_their_release(kmock: km.Kubern
     assert ext["spec"]["loadBalancerIP"] == "10.0.0.101"
     gateway = kmock.objects["v1/endpoints", "k3s-monitoring", "external-node-metrics-service"]
     assert gateway["subsets"][0]["addresses"] == [{"ip": "10.0.0.1"}]
+    # the pinned grafana.com dashboards, downloaded (from the test double) and applied as ConfigMaps
+    velero = kmock.objects["v1/configmaps", "k3s-monitoring", "dashboard-velero"]
+    assert json.loads(velero["data"]["velero.json"])["title"] == "double 11055 r2"
 
 
 async def test_a_second_run_changes_nothing(kmock: km.KubernetesEmulator, inv: Inventory, helm: FakeHelm,
@@ -179,6 +182,8 @@ async def test_the_plan_says_install_upgrade_or_unchanged_and_changes_nothing(
         ["metallb", "certmanager", "linkerd2", "traefik", *HELM_ORDER[3:]]]
     assert helm.argvs("upgrade") == [] and writes(kmock) == []
     assert not store.secrets_dir().exists()        # a plan generates no secret
+    stack = next(p for p in fresh if p.release.name == "kube-prometheus-stack")   # and downloads nothing
+    assert stack.reason.endswith(f"; {len(load_versions().dashboards)} grafana.com dashboards to download")
 
     await run(run_releases, inv, tools=tools, **FAST)
     releases = helm.releases()
@@ -196,6 +201,7 @@ async def test_the_plan_says_install_upgrade_or_unchanged_and_changes_nothing(
     assert plan["longhorn"].reason.startswith("values changed (hash ")
     assert plan["fluent-bit"].reason.startswith("helm reports status failed")
     assert plan["traefik"].action == "unchanged"
+    assert "dashboards to download" not in plan["kube-prometheus-stack"].reason     # the run downloaded them
     assert helm.argvs("upgrade") == []
 
     result = await run(run_releases, inv, tools=tools, **FAST)

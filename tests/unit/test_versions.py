@@ -108,6 +108,19 @@ def write(tmp_path: Path, mutate) -> Path:  # type: ignore[no-untyped-def]
     (lambda d: d["repos"]["fluent"].update(url="http://fluent.github.io/helm-charts"), "repos.fluent.url: "),
     (lambda d: d["charts"]["fluentd"].update(chart_version="1"), "charts.fluentd.chart_version: unknown key"),
     (lambda d: d.pop("repos"), "repos: missing"),
+    (lambda d: d["release"][27].update(version="0.12.2"),
+     "release[27].version: '0.12.2' is not binaries.restic.version '0.12.1'; make them one"),
+    (lambda d: d["binaries"]["restic"].update(sha256_url="{url}.sum"), "binaries.restic: give exactly one of sha256"),
+    (lambda d: d["binaries"]["restic"]["sha256"].update(arm64="c7e5"),
+     "binaries.restic.sha256.arm64: expected 64 lowercase hex digits"),
+    (lambda d: d["binaries"]["mc"].update(url="https://dl.min.io/mc.{version}"), "binaries.mc.url: has no {arch}"),
+    (lambda d: d["binaries"]["mc"].update(url="https://dl.min.io/{arch}/{os}"),
+     "binaries.mc: a url has a placeholder other than {version}, {arch} and {url}: 'os'"),
+    (lambda d: d["dashboards"]["velero"].update(revision="latest"),
+     "dashboards.velero.revision: expected a positive whole number, got 'latest'"),
+    (lambda d: d["dashboards"]["velero"].pop("gnet_id"), "dashboards.velero.gnet_id: expected a positive whole number"),
+    (lambda d: d["release"][26].update(binary="minio-server"),
+     "release[26].binary: unknown binary 'minio-server'; add it under binaries"),
 ])
 def test_problems_are_one_line_naming_the_key(tmp_path: Path, mutate, expected: str) -> None:  # type: ignore[no-untyped-def]
     path = write(tmp_path, mutate)
@@ -136,6 +149,8 @@ def test_invoke_versions_prints_the_release_table() -> None:
     text = out.stdout
     assert "K3S pinned at v1.24.3+k3s1" in text
     for needle in ("Metal LB", "metallb-0.13.4", "cert-manager-v1.9.1", "traefik-10.14.100 (k3s-bundled)",
-                   "RELEASE.2022-05-04T07-45-27Z", "https://charts.jetstack.io", "linkerd-viz-2.11.4"):
+                   "RELEASE.2022-05-04T07-45-27Z", "https://charts.jetstack.io", "linkerd-viz-2.11.4",
+                   "(restic binary)", "restic/releases/download/v0.12.1/", "sha256 pinned for amd64, arm64",
+                   "the vendor's <build URL>.sha256sum"):
         assert needle in text
     assert re.search(r"Velero\s+│\s+1\.9\.0\s+│\s+velero-2\.30\.1", text)

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from picluster import secrets as store
@@ -19,10 +19,11 @@ from picluster.inventory import Inventory
 from picluster.kube.client import Kube, KubeError
 from picluster.remote import SKIPPED
 from picluster.remote.results import HostResult, StepResult
-from picluster.stages.apps import kubeapply, paths, pki
+from picluster.stages.apps import dashboards, kubeapply, paths, pki
 from picluster.stages.apps.helm import Deployed, Helm, HelmError
 from picluster.stages.apps.render import Rendered, Renderer, RenderError, values_hash
 from picluster.stages.apps.spec import DEFAULT_RELEASES, Release, Releases, SpecError, load_releases
+from picluster.versions import GrafanaDashboard
 
 CONTROLLER = "controller"
 LOOKUP_WAIT_S = 300.0
@@ -71,8 +72,17 @@ def minio_pki(inv: Inventory, *, create: bool) -> pki.ServerPki | None:
 
 
 def renderer(inv: Inventory, releases: Releases, *, dry_run: bool) -> Renderer:
+    """The renderer of a run: a dry run reads what is there; a real one makes secrets, the CA, downloads."""
+    folder = paths.dashboards_dir(inv)
+
+    def dashboard(d: GrafanaDashboard) -> dict[str, object] | None:
+        try:
+            return dashboards.cached(folder, d) if dry_run else dashboards.fetch(folder, d)
+        except dashboards.DashboardError as err:
+            raise RenderError(str(err)) from None
+
     return Renderer(inv, releases, secret=store.read_secret if dry_run else store.ensure_secret,
-                    pki=minio_pki(inv, create=not dry_run))
+                    pki=minio_pki(inv, create=not dry_run), dashboard=dashboard)
 
 
 def decide(release: Release, rendered: Rendered, deployed: dict[tuple[str, str], Deployed],
@@ -146,6 +156,9 @@ class Applier:
         if missing and plan.action == "unchanged":
             return ReleasePlan(release, "upgrade", f"lookup {', '.join(missing)} not readable yet", plan.values_hash,
                                plan.deployed)
+        if self.renderer.pending_dashboards:
+            pending, self.renderer.pending_dashboards = self.renderer.pending_dashboards, []
+            return replace(plan, reason=f"{plan.reason}; {len(pending)} grafana.com dashboards to download")
         return plan
 
     def _objects(self, objs: Sequence[dict[str, object]], diff: list[str]) -> int:
@@ -203,6 +216,9 @@ class Applier:
             if self.renderer.missing:
                 diff.append(f"secrets to generate in the local store: {', '.join(sorted(self.renderer.missing))}")
                 self.renderer.missing.clear()
+            if self.renderer.pending_dashboards:
+                diff.append(f"grafana.com dashboards to download: {', '.join(self.renderer.pending_dashboards)}")
+                self.renderer.pending_dashboards.clear()
         except (HelmError, KubeError, RenderError, SpecError, store.SecretError) as err:
             return StepResult(f"release {release.name}", "failed", time.monotonic() - start, diff="\n".join(diff),
                               commands=self.helm.commands[first_command:], message=str(err))

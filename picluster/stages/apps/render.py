@@ -7,7 +7,8 @@ Templates are Jinja (StrictUndefined: a missing name fails) with this context:
 - `metallb_pool.first/last`, `server_ips`, `gateway_ip`, `timezone`, `elastic_version` (release table)
 - `minio.url/port/region/ca_b64` (the bare-metal Minio at the registry's `s3`, its local CA, base64) and
   `minio.cert_chain` (its certificate then the CA, PEM)
-- `lookup.<name>` (a release's lookups, read from the cluster), `dashboards` (Grafana JSON files)
+- `lookup.<name>` (a release's lookups, read from the cluster), `dashboards` (Grafana dashboards: the JSON
+  files under kube-prometheus-stack/dashboards/, then the grafana.com ones pinned in versions.yml)
 - Secret data only: `secret(NAME)` (the local store), `htpasswd(user, password)`, `minio_bearer_token()`
 """
 
@@ -18,7 +19,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ import yaml
 from picluster.inventory import Inventory
 from picluster.stages.apps.pki import ServerPki
 from picluster.stages.apps.spec import Release, Releases
+from picluster.versions import GrafanaDashboard
 
 MINIO_PORT = 9091
 MINIO_REGION = "eu-west-1"
@@ -106,16 +108,33 @@ def with_ds_prometheus(dashboard: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _Once:
+    """A list made on first iteration, so only the templates that loop over it pay for it."""
+
+    def __init__(self, make: Callable[[], list[dict[str, str]]]) -> None:
+        self.make = make
+        self.items: list[dict[str, str]] | None = None
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        if self.items is None:
+            self.items = self.make()
+        return iter(self.items)
+
+
 class Renderer:
     """Renders the releases of one inventory.
 
     `secret` gives a store secret's value (None: not there yet, in a plan); `pki` is the Minio CA and
-    certificate (None: not made yet, in a plan). Neither is read unless a template asks.
+    certificate (None: not made yet, in a plan); `dashboard` gives a pinned grafana.com dashboard (None: not
+    downloaded yet, in a plan; listed in `pending_dashboards`). None is read unless a template asks.
     """
 
     def __init__(self, inv: Inventory, releases: Releases, *, secret: Callable[[str], str | None],
-                 pki: ServerPki | None) -> None:
-        self.inv, self.releases, self.secret, self.pki = inv, releases, secret, pki
+                 pki: ServerPki | None,
+                 dashboard: Callable[[GrafanaDashboard], dict[str, Any] | None] = lambda d: None) -> None:
+        self.inv, self.releases, self.secret, self.pki, self.dashboard = inv, releases, secret, pki, dashboard
+        self.pending_dashboards: list[str] = []
+        self._dashboards = _Once(self.dashboards)
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(releases.base)),
                                       undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                                       autoescape=False)
@@ -147,7 +166,7 @@ class Renderer:
             "elastic_version": elastic,
             "minio": {"url": minio_url(self.inv), "port": MINIO_PORT, "region": MINIO_REGION,
                       "ca_b64": ca_b64, "cert_chain": chain},
-            "dashboards": self.dashboards(),
+            "dashboards": self._dashboards,
             "lookup": {},
         }
 
@@ -161,6 +180,16 @@ class Renderer:
                 raise RenderError(f"{path}: not valid JSON: {err}") from None
             name = re.sub(r"[^a-z0-9-]", "-", path.stem.lower())
             out.append({"name": name, "json": json.dumps(with_ds_prometheus(data), sort_keys=True)})
+        local = {d["name"] for d in out}
+        for pinned in self.releases.versions.dashboards.values():
+            if pinned.name in local:
+                raise RenderError(f"dashboard {pinned.name} is both a file under {folder} and pinned in "
+                                  f"{self.releases.versions.path} (dashboards): keep one")
+            data = self.dashboard(pinned)
+            if data is None:
+                self.pending_dashboards.append(f"{pinned.name} ({pinned.label})")
+                continue
+            out.append({"name": pinned.name, "json": json.dumps(with_ds_prometheus(data), sort_keys=True)})
         return out
 
     def _secret(self, name: str) -> str:
