@@ -243,5 +243,28 @@ def test_velero_and_longhorn_backup_targets_are_available(api: Any) -> None:
     assert target.get("status", {}).get("available") is True
 
 
+def test_longhorn_manager_and_ui_are_in_the_mesh(api: Any) -> None:
+    from kubernetes.client import CoreV1Api
+
+    core = CoreV1Api(api)
+    for selector in ("app=longhorn-manager", "app=longhorn-ui"):
+        pods = core.list_namespaced_pod("longhorn-system", label_selector=selector).items
+        assert pods, f"no pod with {selector} in longhorn-system"
+        unmeshed = [p.metadata.name for p in pods if "linkerd-proxy" not in {c.name for c in p.spec.containers}]
+        assert unmeshed == [], f"pods without the linkerd proxy: {unmeshed}"
+
+
+def test_grafana_has_every_dashboard(api: Any) -> None:
+    from kubernetes.client import CoreV1Api
+
+    from picluster.stages.apps.render import DASHBOARDS
+    from picluster.versions import REPO_ROOT, load_versions
+
+    wanted = {f"dashboard-{p.stem}" for p in (REPO_ROOT / "k8s" / DASHBOARDS).glob("*.json")}
+    wanted |= {f"dashboard-{name}" for name in load_versions().dashboards}
+    maps = CoreV1Api(api).list_namespaced_config_map("k3s-monitoring", label_selector="grafana_dashboard=1").items
+    assert wanted - {m.metadata.name for m in maps} == set()
+
+
 def test_helm_is_what_the_checks_used(tools: Tools) -> None:
     assert tools.helm == shutil.which("helm")

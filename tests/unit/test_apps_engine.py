@@ -29,6 +29,13 @@ TRUST_ANCHOR = "-----BEGIN CERTIFICATE-----\nMIIBtrustanchor\n-----END CERTIFICA
 HELM_ORDER = ["metallb", "certmanager", "linkerd2", "velero", "longhorn", "elastic-operator", "fluentd",
               "fluent-bit", "prometheus-elasticsearch-exporter", "kube-prometheus-stack", "linkerd-viz"]
 FAST = {"lookup_wait": 1.0, "apply_attempts": 1, "apply_wait": 0.0}
+LONGHORN_MANAGER = {
+    "apiVersion": "apps/v1", "kind": "DaemonSet",
+    "metadata": {"name": "longhorn-manager", "namespace": "longhorn-system"},
+    "spec": {"template": {"metadata": {"annotations": {"linkerd.io/inject": "enabled"}}, "spec": {"containers": [
+        {"name": "longhorn-manager", "image": "longhornio/longhorn-manager:v1.3.0",
+         "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                 {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]}]}}}}
 
 
 @pytest.fixture
@@ -54,6 +61,13 @@ def tools(kmock: km.KubernetesEmulator, helm: FakeHelm, tmp_path: Path) -> Itera
     # what cert-manager makes from linkerd/identity-issuer.yml: the lookup reads the trust anchor from it
     kmock.objects["v1/secrets", "linkerd", "linkerd-identity-issuer"] = secret_object(
         "linkerd", "linkerd-identity-issuer", {"ca.crt": TRUST_ANCHOR, "tls.crt": "c", "tls.key": "k"})
+    # what the longhorn chart makes and the mesh patches change (the helm double makes no objects)
+    kmock.objects["apps/v1/daemonsets", "longhorn-system", "longhorn-manager"] = LONGHORN_MANAGER
+    kmock.objects["apps/v1/deployments", "longhorn-system", "longhorn-ui"] = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "longhorn-ui", "namespace": "longhorn-system"},
+        "spec": {"template": {"metadata": {"labels": {"app": "longhorn-ui"}},
+                              "spec": {"containers": [{"name": "longhorn-ui", "image": "longhornio/longhorn-ui"}]}}}}
     yield Tools(str(helm.path), kubeconfig)
     assert server_faults(kmock) == []
 
@@ -103,6 +117,9 @@ async def test_a_first_run_installs_every_release_in_order_with_the_exact_comman
         "s3Url"] == "https://s3.picluster.example.com:9091"
     check_secrets_are_created_through_the_api_and_never_reach_helm(kmock, helm)
     check_manifests_are_applied_server_side_after_their_release(kmock)
+    longhorn = next(s for s in result.steps if s.name == "release longhorn")
+    assert {"DaemonSet longhorn-system/longhorn-manager: patched",
+            "Deployment longhorn-system/longhorn-ui: patched"} <= set(longhorn.diff.splitlines())
 
 
 def check_secrets_are_created_through_the_api_and_never_reach_helm(kmock: km.KubernetesEmulator,
@@ -154,6 +171,15 @@ def check_manifests_are_applied_server_side_after_their_release(kmock: km.Kubern
     assert ext["spec"]["loadBalancerIP"] == "10.0.0.101"
     gateway = kmock.objects["v1/endpoints", "k3s-monitoring", "external-node-metrics-service"]
     assert gateway["subsets"][0]["addresses"] == [{"ip": "10.0.0.1"}]
+    # Longhorn in the mesh: strategic-merge patches of the chart's objects (kubectl set env / patch)
+    patches = [r for r in kmock["patch"] if "longhorn-manager" in r.url.path or "longhorn-ui" in r.url.path]
+    smp = "application/strategic-merge-patch+json"
+    assert [(r.url.path, r.headers["Content-Type"]) for r in patches] == [
+        ("/apis/apps/v1/namespaces/longhorn-system/daemonsets/longhorn-manager", smp),
+        ("/apis/apps/v1/namespaces/longhorn-system/deployments/longhorn-ui", smp)]
+    assert patches[0].data == {"spec": {"template": {"spec": {"containers": [{"name": "longhorn-manager", "env": [
+        {"name": "POD_IP", "value": "0.0.0.0", "valueFrom": None}]}]}}}}
+    assert patches[1].data == {"spec": {"template": {"metadata": {"annotations": {"linkerd.io/inject": "enabled"}}}}}
     # the pinned grafana.com dashboards, downloaded (from the test double) and applied as ConfigMaps
     velero = kmock.objects["v1/configmaps", "k3s-monitoring", "dashboard-velero"]
     assert json.loads(velero["data"]["velero.json"])["title"] == "double 11055 r2"
@@ -281,3 +307,28 @@ async def test_the_plan_and_status_tasks(kmock: km.KubernetesEmulator, inv: Inve
     status = await run(cli, "apps.status")
     assert status.returncode == 1 and "11 release(s) not deployed at their pinned chart" in status.stderr
     assert helm.argvs("upgrade") == [] and writes(kmock) == []
+
+
+async def test_a_patch_is_had_when_the_live_object_merges_to_it() -> None:
+    from picluster.stages.apps.kubeapply import patched
+
+    env_patch = {"spec": {"template": {"spec": {"containers": [{"name": "longhorn-manager", "env": [
+        {"name": "POD_IP", "value": "0.0.0.0", "valueFrom": None}]}]}}}}
+    assert not patched(env_patch, LONGHORN_MANAGER)                     # the chart's valueFrom: to patch
+    done = json.loads(json.dumps(LONGHORN_MANAGER))
+    done["spec"]["template"]["spec"]["containers"][0]["env"][1] = {"name": "POD_IP", "value": "0.0.0.0"}
+    assert patched(env_patch, done)                                     # other containers' fields, env kept
+    done["spec"]["template"]["spec"]["containers"][0]["env"][1]["valueFrom"] = {"fieldRef": {}}
+    assert not patched(env_patch, done)                                 # a null means: not there
+    assert not patched({"spec": {"replicas": 2}}, {"spec": {}}) and patched({"spec": {"replicas": 2}},
+                                                                            {"spec": {"replicas": "2"}})
+
+
+async def test_patching_an_object_the_release_did_not_make_fails_saying_so(
+        kmock: km.KubernetesEmulator, inv: Inventory, helm: FakeHelm, tools: Tools) -> None:
+    del kmock.objects["apps/v1/deployments", "longhorn-system", "longhorn-ui"]
+    result = await run(run_releases, inv, tools=tools, **FAST)
+    failed = [s for s in result.steps if s.status == "failed"]
+    assert [s.name for s in failed] == ["release longhorn"]
+    assert failed[0].message.splitlines()[0] == ("cannot patch Deployment longhorn-system/longhorn-ui: there is no "
+                                                 "such object (its release should have made it)")

@@ -1,9 +1,9 @@
 """What each release renders to for the reference inventory (hosts/inventory.yml), as golden files.
 
 The files under apps_support/golden/ are the exact values helm gets, the manifests applied before and after
-the release, and the keys of its Secrets (their values are placeholders: secrets never reach a file). A
-change to a values file, a manifest or the rendering shows up here as a diff; after checking it, rewrite
-the files with PICLUSTER_UPDATE_GOLDEN=1.
+the release, the patches of the chart's objects, and the keys of its Secrets (their values are placeholders:
+secrets never reach a file). A change to a values file, a manifest or the rendering shows up here as a diff;
+after checking it, rewrite the files with PICLUSTER_UPDATE_GOLDEN=1.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def rendered(release: Release) -> str:
     out = r.render(release, {name: f"<lookup {name}>" for name in release.lookups})
     doc = {"release": release.name, "chart": release.chart.ref, "version": release.chart.version,
            "namespace": release.namespace, "values_hash": out.values_hash, "values": out.values,
-           "before": out.before, "manifests": out.manifests,
+           "before": out.before, "manifests": out.manifests, "patches": out.patches,
            "secrets": {f"{ns}/{name}": sorted(data) for (ns, name), data in out.secrets.items()}}
     return yaml.safe_dump(doc, sort_keys=False, width=120)
 

@@ -52,6 +52,9 @@ FREE_FORM: dict[str, dict[str, str]] = {
     "traefik": {
         "service.spec": "merged into the Service's spec as given (loadBalancerIP, ...)",
     },
+    "longhorn": {
+        "annotations": "annotations of the longhorn-manager DaemonSet's pods, keyed by annotation name",
+    },
 }
 # Subcharts whose values sit under a key of the parent, checked against the subchart's own defaults.
 SUBCHARTS = {"kube-prometheus-stack": ["grafana", "prometheus-node-exporter", "kube-state-metrics"]}

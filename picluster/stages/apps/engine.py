@@ -2,7 +2,8 @@
 
 Per release: manifests `before` (server-side apply), namespaces and Secrets, lookups (waited for), then
 `helm upgrade --install --version --namespace --create-namespace --wait --atomic` unless the deployed
-chart version and values hash match ours (unchanged: skipped), then the release's manifests.
+chart version and values hash match ours (unchanged: skipped), then the release's manifests, then its
+patches of the chart's own objects.
 """
 
 from __future__ import annotations
@@ -213,6 +214,12 @@ class Applier:
             else:
                 reason = f"bundled with K3S ({release.chart.label}): customised by its HelmChartConfig"
             unchanged += self._objects(rendered.manifests, diff)
+            for obj in rendered.patches:
+                outcome = kubeapply.patch(self.kube, obj, dry_run=self.dry_run)
+                if outcome == "unchanged":
+                    unchanged += 1
+                else:
+                    diff.append(f"{kubeapply.describe(obj)}: {outcome}")
             if self.renderer.missing:
                 diff.append(f"secrets to generate in the local store: {', '.join(sorted(self.renderer.missing))}")
                 self.renderer.missing.clear()

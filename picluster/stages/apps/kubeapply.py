@@ -1,7 +1,8 @@
-"""Manifests applied server-side, Secrets and namespaces made, and lookups read, with the official client.
+"""Manifests applied server-side, patches, Secrets and namespaces made, and lookups read, with the official client.
 
 An object whose fields are all already in the live one is left alone (reported unchanged); otherwise it is
 applied with server-side apply (field manager `picluster`, conflicts forced), so a re-run sends nothing.
+A patch (of an object a chart made) is a strategic-merge patch, sent only when the live object lacks it.
 """
 
 from __future__ import annotations
@@ -57,6 +58,21 @@ def contains(want: Any, live: Any) -> bool:
     return want == live or (isinstance(want, int | float | str) and str(want) == str(live))
 
 
+def patched(want: Any, live: Any) -> bool:
+    """True when `live` already has what the strategic-merge patch `want` sets.
+
+    A null removes the key; a list of named items (containers, env) merges by name, as the API server does.
+    """
+    if isinstance(want, dict):
+        return isinstance(live, dict) and all(
+            (k not in live or live[k] is None) if v is None else (k in live and patched(v, live[k]))
+            for k, v in want.items())
+    if isinstance(want, list) and all(isinstance(w, dict) and "name" in w for w in want):
+        by_name = {i.get("name"): i for i in live if isinstance(i, dict)} if isinstance(live, list) else {}
+        return all(w["name"] in by_name and patched(w, by_name[w["name"]]) for w in want)
+    return contains(want, live)
+
+
 def _call(client: ApiClient, method: str, path: str, *, body: Any = None, content_type: str | None = None,
           query: list[tuple[str, str]] | None = None, timeout: float = 30.0) -> Any:
     from kubernetes.client.exceptions import ApiException
@@ -108,6 +124,25 @@ def apply(kube: Kube, obj: Mapping[str, Any], *, dry_run: bool = False, attempts
                     break
         time.sleep(wait)
     raise KubeError(f"applying {describe(obj)} failed: {last}")
+
+
+def patch(kube: Kube, obj: Mapping[str, Any], *, dry_run: bool = False) -> str:
+    """Strategic-merge patch an object a chart made, unless it has the patch: 'unchanged' or 'patched'."""
+    live = get(kube, obj)
+    if live is None:
+        raise KubeError(f"cannot patch {describe(obj)}: there is no such object (its release should have made it)")
+    body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
+    if patched(body, live):
+        return "unchanged"
+    if dry_run:
+        return "would patch"
+    with kube.api() as client:
+        try:
+            _call(client, "PATCH", object_path(obj), body=body,
+                  content_type="application/strategic-merge-patch+json", timeout=kube.request_timeout)
+        except Exception as err:
+            raise KubeError(f"patching {describe(obj)} failed: {one_line(err)}") from None
+    return "patched"
 
 
 def ensure_namespace(kube: Kube, name: str, *, dry_run: bool = False) -> str:

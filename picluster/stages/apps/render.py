@@ -51,6 +51,7 @@ class Rendered:
     values: dict[str, Any]
     before: list[dict[str, Any]] = field(default_factory=list)
     manifests: list[dict[str, Any]] = field(default_factory=list)
+    patches: list[dict[str, Any]] = field(default_factory=list)
     secrets: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
     @property
@@ -248,6 +249,7 @@ class Renderer:
         ctx["values_yaml"] = out.values_yaml
         out.before = [d for rel in release.before for d in self._documents(rel, ctx)]
         out.manifests = [d for rel in release.manifests for d in self._documents(rel, ctx)]
+        out.patches = [d for rel in release.patches for d in self._documents(rel, ctx)]
         secret_ctx = {**ctx, "secret": self._secret, "htpasswd": htpasswd, "minio_bearer_token": self._token}
         for spec in release.secrets:
             data = {}

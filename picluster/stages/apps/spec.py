@@ -23,7 +23,7 @@ _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _SECRET_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
 _DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 _RELEASE_KEYS = {"name", "chart", "namespace", "values", "depends_on", "before", "secrets", "lookups",
-                 "manifests", "bundled"}
+                 "manifests", "patches", "bundled"}
 _SECRET_KEYS = {"name", "namespace", "data"}
 _LOOKUP_KEYS = {"namespace", "secret", "key"}
 
@@ -63,6 +63,7 @@ class Release:
     secrets: tuple[SecretSpec, ...] = ()
     lookups: Mapping[str, Lookup] = field(default_factory=dict)
     manifests: tuple[str, ...] = ()
+    patches: tuple[str, ...] = ()
     bundled: str | None = None
 
     @property
@@ -243,6 +244,7 @@ def load_releases(path: str | Path = DEFAULT_RELEASES, versions: Versions | None
             before=tuple(r.file(base, f, f"{key}.before[{j}]") for j, f in enumerate(e.get("before") or [])),
             secrets=tuple(secrets), lookups=lookups,
             manifests=tuple(r.file(base, f, f"{key}.manifests[{j}]") for j, f in enumerate(e.get("manifests") or [])),
+            patches=tuple(r.file(base, f, f"{key}.patches[{j}]") for j, f in enumerate(e.get("patches") or [])),
             bundled=bundled,
         ))
     releases = Releases(path=path, base=base, releases=tuple(out), versions=versions)
