@@ -2,7 +2,8 @@
 
 A secret called NAME is read from $PICLUSTER_SECRET_<NAME> (upper case, other characters as `_`) or from
 $XDG_CONFIG_HOME/picluster/secrets/NAME (default ~/.config/picluster/secrets/NAME), which must not be
-readable by group or others. `ensure_secret` generates a random one on first use and stores it there.
+readable by group or others. `ensure_secret` generates a random one on first use and stores it there;
+inside `dry_run()` it generates nothing and gives a placeholder (`is_dry_run` tells the other local material).
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ import re
 import secrets as _random
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 ENV_PREFIX = "PICLUSTER_SECRET_"
 _LOCK = threading.Lock()   # stages plan hosts in parallel threads: one value per secret, made once
+# Process-wide, not a contextvar: the hosts of a dry run are planned in worker threads.
+_DRY_RUN = False
+NOT_MADE = "(made on the first real run)"
 
 
 class SecretError(Exception):
@@ -111,12 +116,33 @@ def random_token(nbytes: int = 32) -> str:
     return _random.token_hex(nbytes)
 
 
+@contextmanager
+def dry_run(active: bool = True) -> Iterator[None]:
+    """While active, nothing local is made on first use: a missing secret reads as a placeholder."""
+    global _DRY_RUN
+    before, _DRY_RUN = _DRY_RUN, active or _DRY_RUN
+    try:
+        yield
+    finally:
+        _DRY_RUN = before
+
+
+def is_dry_run() -> bool:
+    """True inside `dry_run()`: code that makes local material on first use (the CA) must not."""
+    return _DRY_RUN
+
+
 def ensure_secret(name: str, generate: Callable[[], str] = random_token) -> str:
-    """Return the secret `name`, generating and storing it (0600) on first use; its value is never printed."""
+    """Return the secret `name`, generating and storing it (0600) on first use; its value is never printed.
+
+    In a dry run a missing secret is not made: the placeholder NOT_MADE stands for it.
+    """
     with _LOCK:
         value = read_secret(name)
         if value is not None:
             return value
+        if _DRY_RUN:
+            return NOT_MADE
         value = generate()
         if not value or "\n" in value:
             raise SecretError(f"secret {name!r}: the generator made an empty or multi-line value")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from picluster import secrets
 from picluster.inventory import Host, Inventory
 from picluster.ops.check import INFRA_TESTS, GateResult, run_gate
 from picluster.remote import HostResult, StageResult, run_stage
@@ -91,12 +92,13 @@ def up(
         else:
             if on_stage_start is not None:
                 on_stage_start(stage, len(targets))
-            outcome.result = run_stage(stage.name, targets, stage.plan(inv), dry_run=dry_run,
-                                       parallel=parallel, on_host_done=on_host_done, check=False)
-            if stage.controller is not None and not outcome.failed:
-                controller = stage.controller(inv, dry_run)
-                outcome.result.hosts.append(controller)
-                outcome.hosts.append(controller.host)
+            with secrets.dry_run(dry_run):    # a dry run makes no secret, CA or token on first use
+                outcome.result = run_stage(stage.name, targets, stage.plan(inv), dry_run=dry_run,
+                                           parallel=parallel, on_host_done=on_host_done, check=False)
+                if stage.controller is not None and not outcome.failed:
+                    controller = stage.controller(inv, dry_run)
+                    outcome.result.hosts.append(controller)
+                    outcome.hosts.append(controller.host)
             if not outcome.failed and stage.gate and not dry_run:
                 if on_gate_start is not None:
                     on_gate_start(stage.gate, len(targets))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from picluster import secrets
 from picluster.inventory import Host, Inventory
 from picluster.remote import AnyStep, Change, Command, Decision, Ok, ProbeOutput, StepError
+from picluster.stages.apps.pki import ServerPki
 from picluster.state import Apt, Directory, File, Service, User
 from picluster.state.batch import Batch
 from picluster.state.skip import NotConfigured, OnlyIf, skipped
@@ -248,11 +249,16 @@ def unit_pair(name: str, script: str, on_calendar: str, what: str) -> tuple[str,
 # --- the plan -----------------------------------------------------------------------------------------
 
 
-def minio_steps(inv: Inventory, host: Host) -> list[AnyStep]:
+def server_pki(inv: Inventory) -> ServerPki:
+    """The Minio CA and certificate: made on first use, except in a dry run (placeholders, nothing made)."""
     from picluster.stages.apps.engine import minio_pki
 
-    server = minio_pki(inv, create=True)
-    assert server is not None
+    server = minio_pki(inv, create=not secrets.is_dry_run())
+    return server or ServerPki(secrets.NOT_MADE, secrets.NOT_MADE, secrets.NOT_MADE)
+
+
+def minio_steps(inv: Inventory, host: Host) -> list[AnyStep]:
+    server = server_pki(inv)
     users = "".join(f"MINIO_USER_{u.upper()}={secrets.ensure_secret(f'minio_{u}_password')}\n" for u in BUCKETS)
     policies: list[AnyStep] = [File(f"/etc/minio/{b}-rw.json", bucket_policy(b, velero=u == "velero"))
                                for u, b in BUCKETS.items()]
@@ -281,10 +287,7 @@ def minio_steps(inv: Inventory, host: Host) -> list[AnyStep]:
 
 
 def restic_steps(inv: Inventory, host: Host) -> list[AnyStep]:
-    from picluster.stages.apps.engine import minio_pki
-
-    server = minio_pki(inv, create=True)
-    assert server is not None
+    server = server_pki(inv)
     env = restic_env(inv, secrets.ensure_secret("restic_repository_password"),
                      secrets.ensure_secret("minio_restic_password"))
     backup_service, backup_timer = unit_pair("backup", RESTIC_BACKUP, "*-*-* 03:00:00", "backup of this host")
@@ -325,9 +328,7 @@ def prepare(inv: Inventory) -> None:
     certificate, and the secrets the hosts' files hold (otherwise two hosts' threads could each make one)."""
     if "s3" not in inv.cluster.services:
         return
-    from picluster.stages.apps.engine import minio_pki
-
-    minio_pki(inv, create=True)
+    server_pki(inv)
     for name in ["minio_root_password", "restic_repository_password", *(f"minio_{u}_password" for u in BUCKETS)]:
         secrets.ensure_secret(name)
 

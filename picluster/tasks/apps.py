@@ -25,6 +25,7 @@ def apply(c: Context, inventory: str | None = None, dry_run: bool = False, only:
           releases_only: bool = False, limit: str | None = None, parallel: int = 10, verbose: bool = False,
           report: str | None = None, no_checks: bool = False) -> None:
     """Minio and restic on the hosts, then every release in dependency order (helm upgrade --install); checks."""
+    from picluster import secrets
     from picluster.inventory import InventoryError
     from picluster.ops.check import run_gate
     from picluster.remote import StageResult, run_stage
@@ -43,12 +44,13 @@ def apply(c: Context, inventory: str | None = None, dry_run: bool = False, only:
     except (SpecError, InventoryError) as err:
         raise Exit(f"error: {err}", code=USAGE_ERROR) from None
     result = StageResult("apps", dry_run, 0.0)
-    if not releases_only and hosts:
-        require_reachable(inv)
-        result = run_stage("apps", hosts, stage.plan(inv), dry_run=dry_run, parallel=parallel, check=False)
-    if not result.failures:
-        result.hosts.append(run_releases(inv, dry_run=dry_run, only=names,
-                                         on_release=lambda r: print(f"  {r.status:<8} {r.name}", flush=True)))
+    with secrets.dry_run(dry_run):    # a dry run makes no secret or CA on first use
+        if not releases_only and hosts:
+            require_reachable(inv)
+            result = run_stage("apps", hosts, stage.plan(inv), dry_run=dry_run, parallel=parallel, check=False)
+        if not result.failures:
+            result.hosts.append(run_releases(inv, dry_run=dry_run, only=names,
+                                             on_release=lambda r: print(f"  {r.status:<8} {r.name}", flush=True)))
     print_stage(result, verbose=verbose)
     if report:
         write_json(report, [result])

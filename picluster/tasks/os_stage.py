@@ -21,6 +21,7 @@ APPLY_HELP = {
 def apply_stage(stage_name: str, inventory: str | None, dry_run: bool, limit: str | None, parallel: int,
                 verbose: bool, report: str | None, no_checks: bool) -> None:
     """Run one stage of the catalogue on its hosts, print the table, then run its gate; exit 1 on failure."""
+    from picluster import secrets
     from picluster.inventory import InventoryError
     from picluster.ops.check import run_gate
     from picluster.remote import run_stage
@@ -40,7 +41,8 @@ def apply_stage(stage_name: str, inventory: str | None, dry_run: bool, limit: st
         raise Exit(f"error: no selected host has a role the {stage.name} stage acts on "
                    f"({', '.join(stage.roles)})", code=USAGE_ERROR)
     require_reachable(inv)
-    result = run_stage(stage.name, hosts, stage.plan(inv), dry_run=dry_run, parallel=parallel, check=False)
+    with secrets.dry_run(dry_run):    # a dry run makes no secret or token on first use
+        result = run_stage(stage.name, hosts, stage.plan(inv), dry_run=dry_run, parallel=parallel, check=False)
     print_stage(result, verbose=verbose)
     if report:
         write_json(report, [result])

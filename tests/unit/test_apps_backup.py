@@ -243,3 +243,35 @@ def test_hosts_planned_in_parallel_share_one_ca_and_one_set_of_secrets(tmp_path:
         files = {f.path: f for s in steps for f in getattr(s, "steps", []) if hasattr(f, "data")}
         contents.add((files[backup.RESTIC_CA].data, files[backup.RESTIC_ENV].data))
     assert len(contents) == 1
+
+
+def test_a_dry_run_makes_no_secret_and_no_ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("PICLUSTER_STATE_DIR", str(tmp_path / "state"))     # no CA, no secret yet
+    inv = write_inventory(tmp_path, reference_data())
+    with secrets.dry_run():
+        steps = list(backup.plan(inv)(inv.hosts["node1"]))
+    assert not secrets.secrets_dir().exists() and not (tmp_path / "state").exists()
+    files = {f.path: f for s in steps for f in getattr(s, "steps", []) if hasattr(f, "data")}
+    assert files[backup.RESTIC_CA].data.decode() == secrets.NOT_MADE
+    assert f"RESTIC_PASSWORD={secrets.NOT_MADE}\n" in files[backup.RESTIC_ENV].data.decode()
+    backup.plan(inv)                                                   # a real run makes them, once
+    assert secrets.read_secret("restic_repository_password") not in (None, secrets.NOT_MADE)
+    assert (tmp_path / "state" / "pki" / "CA.pem").is_file()
+
+
+def test_cluster_up_dry_run_plans_inside_a_dry_run_of_the_store(tmp_path: Path, sshd: Sshd,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_up import lab_like_inventory
+
+    from picluster.ops.up import up
+    from picluster.stages import Stage
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    made: list[str] = []
+    stage = Stage("apps", ("server",), "a stage whose planner needs a secret",
+                  plan=lambda inv: (made.append(secrets.ensure_secret("dry-run-probe")), lambda host: [])[1])
+    inv = lab_like_inventory(tmp_path, sshd)
+    up(inv, [stage], limit=["node1"], dry_run=True)
+    assert made == [secrets.NOT_MADE] and secrets.read_secret("dry-run-probe") is None
+    assert not secrets.is_dry_run()                                     # and it is over after the run

@@ -70,3 +70,15 @@ def test_another_process_storing_first_wins(home: Path, monkeypatch: pytest.Monk
 
     assert secrets.ensure_secret("raced", racing) == "theirs"
     assert (home / "raced").read_text() == "theirs\n"
+
+
+def test_a_dry_run_reads_but_never_makes_a_secret() -> None:
+    secrets.write_secret("there", "kept")
+    with secrets.dry_run():
+        assert secrets.is_dry_run()
+        assert secrets.ensure_secret("there") == "kept"
+        assert secrets.ensure_secret("absent") == secrets.NOT_MADE
+        with secrets.dry_run(False):                     # an inner "not dry" never undoes the outer dry run
+            assert secrets.ensure_secret("absent") == secrets.NOT_MADE
+    assert not secrets.is_dry_run() and secrets.read_secret("absent") is None
+    assert secrets.ensure_secret("absent") != secrets.NOT_MADE
