@@ -240,7 +240,9 @@ def unit_pair(name: str, script: str, on_calendar: str, what: str) -> tuple[str,
     service = (f"[Unit]\nDescription=restic {what}\nWants=network-online.target\nAfter=network-online.target\n"
                # without the binary (its download was skipped) a run is a clean systemd skip, not a failure
                f"ConditionFileIsExecutable={RESTIC_BIN}\n\n"
-               f"[Service]\nType=oneshot\nExecStart={script}\nNice=10\n")
+               # a system unit has no $HOME: restic's cache goes where systemd keeps the unit's cache
+               f"[Service]\nType=oneshot\nExecStart={script}\nNice=10\nCacheDirectory=restic\n"
+               "Environment=RESTIC_CACHE_DIR=/var/cache/restic\n")
     timer = (f"[Unit]\nDescription=restic {what}, daily\n\n[Timer]\nOnCalendar={on_calendar}\nPersistent=true\n"
              "RandomizedDelaySec=300\n\n[Install]\nWantedBy=timers.target\n")
     return service, timer

@@ -7,7 +7,9 @@ the local store the stage uses (`picluster.secrets`), none of which appears in t
 has no internet: the pinned restic build (GitHub), Minio's binaries (dl.min.io), its service and its buckets
 are explicit skips with the reason, a timer's run without restic is a systemd condition skip (not a failure),
 and the controller's Helm releases are one skip naming the missing helm. The gate reports 0 failed; a second
-run (`apps.apply`) reports 0 changes (and so runs no gate).
+run (`apps.apply`) reports 0 changes (and so runs no gate). With stand-ins for what cannot be downloaded
+(Debian's restic for the pinned build, moto's S3 server with Minio's certificate for Minio: `s3_double`), the
+stage's units really back up two hosts and the gateway's maintenance really checks and prunes the repository.
 """
 
 from __future__ import annotations
@@ -108,6 +110,57 @@ def test_restic_timers_run_and_skip_cleanly_without_the_binary(lab: Any, first: 
     code, text = ssh_run(node, "sudo systemctl start restic-backup.service; "
                                "systemctl show -p ConditionResult -p Result restic-backup.service")
     assert code == 0 and sorted(text.split()) == ["ConditionResult=no", "Result=success"], text
+
+
+def test_a_backup_and_the_repository_maintenance_run_for_real_against_an_s3_double(
+        lab: Any, first: Any, tmp_path: Path) -> None:
+    """The stage's env file, CA, scripts and units, run by systemd: Debian's restic stands in for the pinned
+    GitHub build (unreachable here) and moto's S3 server, with Minio's own certificate, for Minio."""
+    from s3_double import serving
+
+    from picluster.lab import network
+    from picluster.stages import backup
+    from picluster.stages.apps.engine import minio_pki
+
+    s3 = backup.minio_host(lab.inv)
+    server = minio_pki(lab.inv, create=False)
+    assert s3 is not None and server is not None, "the stage made no Minio certificate"
+    (tmp_path / "s3.pem").write_text(server.cert_pem)
+    (tmp_path / "s3.key").write_text(server.key_pem)
+    (tmp_path / "s3.key").chmod(0o600)
+    name = f"s3.{lab.inv.cluster.domain}"
+    gateway = next(h for h in lab.hosts if h.role == "gateway")
+    agent = next(h for h in lab.hosts if h.role == "agent")
+    repo = (f"sudo sh -c 'set -a; . {backup.RESTIC_ENV}; set +a; "
+            f"{backup.RESTIC_BIN} --cacert {backup.RESTIC_CA} snapshots --json'")
+    with serving(network.netns_name(lab.bridge, s3.name), str(s3.ip), 9091, tmp_path / "s3.pem",
+                 tmp_path / "s3.key", tmp_path / "s3.log", buckets=(backup.BUCKETS["restic"],)):
+        try:
+            for host in (gateway, agent):
+                code, text = ssh_run(host, "sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q restic "
+                                           f">/dev/null && sudo ln -sf /usr/bin/restic {backup.RESTIC_BIN} && "
+                                           f"echo '{s3.ip} {name}' | sudo tee -a /etc/hosts >/dev/null", timeout=300)
+                assert code == 0, (host.name, text)
+                code, text = ssh_run(host, "sudo systemctl start restic-backup.service; systemctl show -p Result "
+                                           "-p ConditionResult restic-backup.service", timeout=300)
+                if sorted(text.split()) != ["ConditionResult=yes", "Result=success"]:
+                    _, journal = ssh_run(host, "sudo journalctl -u restic-backup.service -o cat | tail -n 20")
+                    pytest.fail(f"{host.name}: restic-backup.service: {text}\n{journal}")
+            code, text = ssh_run(agent, repo, timeout=120)
+            assert code == 0, text
+            snapshots = json.loads(text)
+            assert {sn["hostname"] for sn in snapshots} == {gateway.name, agent.name}
+            assert all("/etc" in sn["paths"] for sn in snapshots)
+            code, text = ssh_run(gateway, "sudo systemctl start restic-clean.service; systemctl show -p Result "
+                                           "restic-clean.service", timeout=300)
+            assert text.split() == ["Result=success"], text
+            for host, unit in ((agent, "restic-backup"), (gateway, "restic-clean")):
+                code, text = ssh_run(host, f"sudo journalctl -u {unit}.service -o cat")
+                assert "unable to open cache" not in text and "Fatal" not in text, text[-3000:]
+            assert "no errors were found" in text, text[-3000:]
+        finally:
+            for host in (gateway, agent):    # the stand-ins go: the stage's own state is back as it was
+                ssh_run(host, f"sudo rm -f {backup.RESTIC_BIN}; sudo sed -i '/ {name}$/d' /etc/hosts")
 
 
 def test_the_secret_files_are_0600_and_hold_the_stores_values(lab: Any, first: Any) -> None:

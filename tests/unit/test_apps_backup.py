@@ -275,3 +275,11 @@ def test_cluster_up_dry_run_plans_inside_a_dry_run_of_the_store(tmp_path: Path, 
     up(inv, [stage], limit=["node1"], dry_run=True)
     assert made == [secrets.NOT_MADE] and secrets.read_secret("dry-run-probe") is None
     assert not secrets.is_dry_run()                                     # and it is over after the run
+
+
+def test_the_units_run_without_a_home_and_skip_without_the_binary() -> None:
+    service, timer = backup.unit_pair("backup", backup.RESTIC_BACKUP, "*-*-* 03:00:00", "backup of this host")
+    lines = service.splitlines()
+    assert f"ConditionFileIsExecutable={backup.RESTIC_BIN}" in lines       # no binary: a skip, not a failure
+    assert "CacheDirectory=restic" in lines and "Environment=RESTIC_CACHE_DIR=/var/cache/restic" in lines
+    assert f"ExecStart={backup.RESTIC_BACKUP}" in lines and "OnCalendar=*-*-* 03:00:00" in timer.splitlines()
