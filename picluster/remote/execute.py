@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 import secrets
 import shlex
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import BinaryIO
 
 from invoke.context import Context
 from invoke.exceptions import CommandTimedOut
@@ -34,6 +37,37 @@ class _Stdin:
     def read(self, size: int = -1) -> bytes:
         """Return the next chunk (empty at the end)."""
         return self._data.read(CHUNK)
+
+
+class _Base64File:
+    """Stdin that streams a local file as base64 lines (64 KiB of text per read), opened on first read."""
+
+    RAW = CHUNK // 4 * 3   # whole base64 quanta: the lines concatenate to one valid encoding
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: BinaryIO | None = None
+        self._done = False
+
+    def read(self, size: int = -1) -> bytes:
+        """Return the next encoded chunk (empty at the end, when the file is closed)."""
+        if self._done:
+            return b""
+        if self._file is None:
+            self._file = self.path.open("rb")
+        chunk = self._file.read(self.RAW)
+        if not chunk:
+            self._file.close()
+            self._done = True
+            return b""
+        return base64.b64encode(chunk) + b"\n"
+
+
+def stdin_of(command: Command) -> _Stdin | _Base64File:
+    """The stream a command's stdin comes from."""
+    if command.stdin_file is not None:
+        return _Base64File(command.stdin_file)
+    return _Stdin(command.stdin or b"")
 
 
 #: The message of a step during which the connection broke; the runner then calls the host unreachable.
@@ -97,7 +131,7 @@ class Executor:
                 pty=False,
                 # NOTE: a safety net only, for a host that stops answering; `timeout` on the host acts first
                 timeout=None if limit is None else limit + KILL_AFTER + 10,
-                in_stream=_Stdin(command.stdin or b""),
+                in_stream=stdin_of(command),
             )
         except CommandTimedOut as e:
             raise CommandFailed(CommandError(command.script, -1, f"no answer from the host after {e.timeout} s")) from e

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 F = TypeVar("F")
@@ -35,10 +36,15 @@ class ProbeOutput:
 
 @dataclass(frozen=True)
 class Command:
-    """One POSIX sh script to run on the host (as root); `stdin` carries data such as file content."""
+    """One POSIX sh script to run on the host (as root); `stdin` carries data such as file content.
+
+    `stdin_file` instead streams a local file as base64 lines, read as it is sent: a large upload (the
+    air-gap images) never sits in memory.
+    """
 
     script: str
     stdin: bytes | None = None
+    stdin_file: Path | None = None
 
 
 @dataclass(frozen=True)

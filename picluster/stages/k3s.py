@@ -265,7 +265,7 @@ class AirgapStaged:
                 continue
             diffs.append(f"upload {local} -> {remote} ({local.stat().st_size} bytes)")
             mode = 0o755 if local == self.bundle.binary(facts.arch) else 0o644
-            commands.append(write_command(remote, local.read_bytes(), mode=mode, owner="root", group="root"))
+            commands.append(write_command(remote, local, mode=mode, owner="root", group="root"))   # streamed
         if not diffs:
             return Ok(f"the bundle's files for {facts.arch} are staged in {STAGING}")
         return Change("\n".join(diffs), commands)

@@ -8,6 +8,7 @@ import difflib
 import re
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 from picluster.remote import Command, ProbeOutput, StepError
 
@@ -76,9 +77,12 @@ def attr_commands(target: str, mode: int | None, owner: str | None, group: str |
 
 
 def write_command(
-    path: str, data: bytes, *, mode: int | None, owner: str | None, group: str | None, check: str | None = None
+    path: str, data: bytes | Path, *, mode: int | None, owner: str | None, group: str | None,
+    check: str | None = None
 ) -> Command:
     """Return the command that atomically replaces `path` with `data`, passed base64 on stdin.
+
+    `data` is the content, or a local file whose content is streamed (never read into memory whole).
 
     The new file is written beside the old one (mode 0600 while written) and renamed over it;
     attributes not managed here are copied from the old file, when there is one. Missing parent
@@ -100,6 +104,8 @@ def write_command(
         lines.append(check.replace("{path}", '"$tmp"') + " >&2 || { printf '%s\\n' "
                      + q(f"rejected: the new {path} does not pass its check; the old one stays") + " >&2; exit 1; }")
     lines.append(f'mv -f -- "$tmp" {p}')
+    if isinstance(data, Path):
+        return Command("\n".join(lines), stdin_file=data)
     return Command("\n".join(lines), stdin=base64.b64encode(data) + b"\n")
 
 

@@ -318,6 +318,10 @@ def test_airgap_stage_uploads_only_what_differs_and_refuses_a_missing_architectu
     assert decision.diff.splitlines() == [
         f"upload {bundle.dir}/k3s-airgap-images-arm64.tar.zst -> {k3s.STAGING}/k3s-airgap-images-arm64.tar.zst "
         "(6 bytes)", f"upload {bundle.dir}/install.sh -> {k3s.STAGING}/install.sh (10 bytes)"]
+    uploads = [c for c in decision.commands if c.stdin_file is not None]      # streamed, never read whole
+    assert [c.stdin_file for c in uploads] == [bundle.dir / "k3s-airgap-images-arm64.tar.zst",
+                                               bundle.dir / "install.sh"]
+    assert all(c.stdin is None for c in decision.commands)
     with pytest.raises(StepError, match=r"has no k3s-armhf for this armv7l host"):
         decide(step, {"arch": out("armv7l\n"), "staged": out("", 1)})
 

@@ -180,3 +180,37 @@ def test_a_file_in_a_missing_hostile_directory_gets_its_parents(local: LocalShel
     assert result.status == "changed", result
     assert target.read_text() == "x=1\n"
     assert not list(tmp_path.rglob("PWNED"))
+
+
+class Upload:
+    """A step that uploads one local file, streamed (as the k3s stage stages its air-gap bundle)."""
+
+    def __init__(self, local: Path, remote: Path) -> None:
+        self.local, self.remote = local, remote
+        self.name = f"upload {remote.name}"
+
+    def probes(self) -> dict[str, str]:
+        return {}
+
+    def parse(self, outputs: object, marks: frozenset[str]) -> None:
+        return None
+
+    def decide(self, facts: None) -> Change:
+        from picluster.state._fs import write_command
+
+        return Change("upload", [write_command(str(self.remote), self.local, mode=0o644, owner=None, group=None)])
+
+
+@pytest.mark.parametrize("size", [0, 1, 49151, 49152, 49153, 3 * 1024 * 1024 + 7])
+def test_a_file_streamed_as_stdin_arrives_whole(local: LocalShell, tmp_path: Path, size: int) -> None:
+    import os
+
+    source = tmp_path / "bundle.tar"
+    source.write_bytes(os.urandom(size))
+    target = tmp_path / f"staged {HOSTILE_DIR}" / "bundle.tar"
+    step = Upload(source, target)
+    command = step.decide(None).commands[0]
+    assert command.stdin is None and command.stdin_file == source          # read as it is sent, not before
+    (result,) = local.apply([step])
+    assert result.status == "changed", result
+    assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(source.read_bytes()).digest()
