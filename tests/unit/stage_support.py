@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from picluster.inventory import Inventory, load_inventory
-from picluster.remote import ProbeOutput
+from picluster.remote import Change, ProbeOutput
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl picluster@controller"
@@ -52,3 +52,22 @@ def decide(step: Any, outputs: Mapping[str, ProbeOutput], marks: frozenset[str] 
     """Feed a step exactly the probes it asks for and return its decision."""
     assert set(outputs) == set(step.probes()), sorted(step.probes())
     return step.decide(step.parse(outputs, marks))
+
+
+class Upload:
+    """A step that uploads one local file, streamed (as the k3s stage stages its air-gap bundle)."""
+
+    def __init__(self, local: Path, remote: Path) -> None:
+        self.local, self.remote = local, remote
+        self.name = f"upload {remote.name}"
+
+    def probes(self) -> dict[str, str]:
+        return {}
+
+    def parse(self, outputs: object, marks: frozenset[str]) -> None:
+        return None
+
+    def decide(self, facts: None) -> Change:
+        from picluster.state._fs import write_command
+
+        return Change("upload", [write_command(str(self.remote), self.local, mode=0o644, owner=None, group=None)])

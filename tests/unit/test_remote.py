@@ -311,7 +311,7 @@ def test_a_host_that_stops_answering_mid_stage_is_unreachable_with_what_to_do(ss
 
 def test_an_upload_streams_over_real_ssh_and_arrives_whole(sshd: Sshd, tmp_path: Path) -> None:
     """The air-gap bundle's way: a local file read as it is sent, base64 on the SSH channel's stdin."""
-    from test_state_files import Upload
+    from stage_support import Upload
 
     source = tmp_path / "k3s-airgap-images-arm64.tar"
     source.write_bytes(os.urandom(8 * 1024 * 1024 + 3))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from stage_support import Upload
 
 from picluster.remote import UNITS_CHANGED, Change, Ok, ProbeOutput, StepError, changed_mark
 from picluster.state import Directory, File, Line
@@ -180,25 +181,6 @@ def test_a_file_in_a_missing_hostile_directory_gets_its_parents(local: LocalShel
     assert result.status == "changed", result
     assert target.read_text() == "x=1\n"
     assert not list(tmp_path.rglob("PWNED"))
-
-
-class Upload:
-    """A step that uploads one local file, streamed (as the k3s stage stages its air-gap bundle)."""
-
-    def __init__(self, local: Path, remote: Path) -> None:
-        self.local, self.remote = local, remote
-        self.name = f"upload {remote.name}"
-
-    def probes(self) -> dict[str, str]:
-        return {}
-
-    def parse(self, outputs: object, marks: frozenset[str]) -> None:
-        return None
-
-    def decide(self, facts: None) -> Change:
-        from picluster.state._fs import write_command
-
-        return Change("upload", [write_command(str(self.remote), self.local, mode=0o644, owner=None, group=None)])
 
 
 @pytest.mark.parametrize("size", [0, 1, 49151, 49152, 49153, 3 * 1024 * 1024 + 7])
