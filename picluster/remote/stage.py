@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from fabric import Config
 
@@ -16,6 +16,13 @@ from picluster.remote.step import NEEDS_REBOOT, AnyStep, HostRun
 from picluster.remote.target import HostLike
 
 H = TypeVar("H", bound=HostLike)
+
+
+@runtime_checkable
+class SelectsHosts(Protocol):
+    """A planner that must know which hosts a run covers (k3s: its rolling upgrade touches only those)."""
+
+    def select_hosts(self, names: frozenset[str]) -> None: ...
 
 
 def run_host(
@@ -86,6 +93,8 @@ def run_stage(
     `StageFailed` at the end if any host failed or was unreachable; it carries the full result.
     """
     start = time.monotonic()
+    if isinstance(plan, SelectsHosts):
+        plan.select_hosts(frozenset(h.name for h in hosts))
 
     def one(host: H) -> HostResult:
         result = run_host(

@@ -423,9 +423,10 @@ class K3sInstall:
     """
 
     def __init__(self, inv: Inventory, host: Host, version: str, bundle: Airgap | None, *,
-                 upgrade: bool = False) -> None:
+                 upgrade: bool = False, selected: frozenset[str] | None = None) -> None:
         self.inv, self.host, self.version, self.bundle, self.upgrade = inv, host, version, bundle, upgrade
         self.unit = unit_of(host)
+        self.selected = selected   # the hosts of this run (--limit); None: all
 
     @property
     def name(self) -> str:
@@ -465,6 +466,10 @@ class K3sInstall:
             return Ok(f"k3s {self.version} is installed and runs as {self.unit}")
         primary = primary_server(self.inv).name
         if facts.version and facts.unit and facts.version != self.version and not self.upgrade:
+            if self.selected is not None and primary not in self.selected:
+                return Ok(f"k3s {facts.version} is installed, {self.version} is pinned: the rolling upgrade runs "
+                          f"from {primary}, which this run leaves out: add {primary} to --limit to upgrade "
+                          f"{self.host.name}")
             return Ok(f"k3s {facts.version} is installed, {self.version} is pinned: the rolling upgrade run from "
                       f"{primary} upgrades the nodes one at a time")
         if not facts.arch:
@@ -554,10 +559,13 @@ def marker_command(path: str, data: Mapping[str, Any]) -> Command:
 
 
 class RollPlan:
-    """On the first server: which nodes run another K3S version than the pinned one; leave the plan."""
+    """On the first server: which nodes run another K3S version than the pinned one; leave the plan.
 
-    def __init__(self, inv: Inventory, version: str, ctl: Controller) -> None:
-        self.inv, self.version, self.ctl = inv, version, ctl
+    With `selected` (the run's --limit), only those nodes are upgraded; the others are named and left.
+    """
+
+    def __init__(self, inv: Inventory, version: str, ctl: Controller, selected: frozenset[str] | None = None) -> None:
+        self.inv, self.version, self.ctl, self.selected = inv, version, ctl, selected
 
     @property
     def name(self) -> str:
@@ -580,11 +588,15 @@ class RollPlan:
                  if h.name in facts.nodes and facts.nodes[h.name].version not in ("", self.version)}
         if not stale:
             return Ok(f"every registered node runs {self.version}")
-        servers = [h.name for h in self.inv.servers if h.name in stale]
-        agents = [h.name for h in self.inv.agents if h.name in stale]
+        left = sorted(n for n in stale if self.selected is not None and n not in self.selected)
+        left_note = f"not in --limit, left on their version: {', '.join(f'{n} ({stale[n]})' for n in left)}"
+        servers = [h.name for h in self.inv.servers if h.name in stale and h.name not in left]
+        agents = [h.name for h in self.inv.agents if h.name in stale and h.name not in left]
+        if not servers and not agents:
+            return Ok(f"no node of this run to upgrade to {self.version}; {left_note}")
         order = ", ".join(f"{n} ({stale[n]})" for n in servers + agents)
         diff = (f"rolling upgrade to {self.version}, servers first, one node at a time (cordon, drain, upgrade, "
-                f"wait Ready, uncordon): {order}")
+                f"wait Ready, uncordon): {order}" + (f"; {left_note}" if left else ""))
         return Change(diff, [marker_command(ROLL_PENDING, {"version": self.version, "servers": servers,
                                                            "agents": agents, "run": self.ctl.run_id})])
 
@@ -849,11 +861,16 @@ class K3sPlan:
     bundle: Airgap | None
     ctl: Controller
     error: str = ""     # a problem found while planning (bad bundle, unreadable secret): every host fails with it
+    selected: frozenset[str] | None = None   # the hosts of this run (--limit), told by the runner
 
     def __call__(self, host: Host) -> Sequence[AnyStep]:
         if self.error:
             raise ValueError(self.error)
         return host_steps(self, host)
+
+    def select_hosts(self, names: frozenset[str]) -> None:
+        """Remember the run's hosts: the rolling upgrade touches only those (`remote.SelectsHosts`)."""
+        self.selected = names
 
     def act(self, name: str) -> None:
         """The rolling upgrade's SSH part: upgrade one node with its own connection; raise if it failed."""
@@ -892,12 +909,12 @@ def host_steps(plan: K3sPlan, host: Host) -> list[AnyStep]:
     if plan.bundle is not None:
         steps.append(AirgapStaged(plan.bundle))
     steps += [
-        K3sInstall(inv, host, plan.version, plan.bundle),
+        K3sInstall(inv, host, plan.version, plan.bundle, selected=plan.selected),
         OnlyIf(Service(unit, enabled=True, running=True, restart_on=[CONFIG, KUBELET_CONFIG, TOKEN_FILE]),
                f"test -f {q(unit_file)}", f"{unit} is not installed on {host.name} (see the install step)"),
     ]
     if host.name == primary_server(inv).name:
-        steps += [RollPlan(inv, plan.version, plan.ctl), Roll(inv, plan.ctl, plan.act),
+        steps += [RollPlan(inv, plan.version, plan.ctl, plan.selected), Roll(inv, plan.ctl, plan.act),
                   SettlePlan(inv, plan.ctl), Settle(inv, plan.ctl)]
     return steps
 

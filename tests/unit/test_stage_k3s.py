@@ -390,6 +390,36 @@ def test_roll_plan_orders_the_stale_nodes_servers_first(inv: Inventory) -> None:
     assert k3s.ROLL_PENDING in decision.commands[0].script
 
 
+def test_limit_narrows_the_rolling_upgrade_to_the_runs_hosts(inv: Inventory) -> None:
+    ctl = k3s.Controller(Path("/nonexistent/kubeconfig"), "https://10.0.0.11:6443", run_id="run2")
+    old = "v1.24.2+k3s1"
+    stale = {"nodes": out(nodes_json(node1=VERSION, node2=old, node3=old, node4=old))}
+    decision = decide(k3s.RollPlan(inv, VERSION, ctl, frozenset({"node1", "node3"})), stale)
+    assert isinstance(decision, Change)
+    assert decision.diff.endswith(f": node3 ({old}); not in --limit, left on their version: node2 ({old}), "
+                                  f"node4 ({old})")
+    marker = json.loads(base64.b64decode(decision.commands[0].stdin or b""))
+    assert (marker["servers"], marker["agents"]) == ([], ["node3"])
+    none = decide(k3s.RollPlan(inv, VERSION, ctl, frozenset({"node1"})), stale)
+    assert none == Ok(f"no node of this run to upgrade to {VERSION}; not in --limit, left on their version: "
+                      f"node2 ({old}), node3 ({old}), node4 ({old})")
+    # the stale node itself, in a run that leaves the first server out, says how to upgrade it
+    alone = decide(k3s.K3sInstall(inv, inv.hosts["node3"], VERSION, None, selected=frozenset({"node3"})),
+                   install_outputs(old))
+    assert alone == Ok(f"k3s {old} is installed, {VERSION} is pinned: the rolling upgrade runs from node1, which "
+                       "this run leaves out: add node1 to --limit to upgrade node3")
+
+
+def test_the_runner_tells_a_selective_planner_its_hosts(inv: Inventory, tmp_path: Path) -> None:
+    from picluster.remote import run_stage
+
+    plan = k3s.K3sPlan(inv=inv, token="t", version=VERSION, bundle=None,
+                       ctl=k3s.Controller(tmp_path / "kubeconfig", "https://10.0.0.11:6443"), error="stop here")
+    result = run_stage("k3s", [inv.hosts["node3"], inv.hosts["node4"]], plan, check=False)
+    assert plan.selected == frozenset({"node3", "node4"})
+    assert [h.message for h in result.hosts] == ["planning the steps failed: ValueError: stop here"] * 2
+
+
 def test_no_k3s_on_the_server_skips_the_cluster_steps_with_the_reason(inv: Inventory, tmp_path: Path) -> None:
     stopped = out("", k3s.NOT_RUNNING)
     ctl = k3s.Controller(tmp_path / "kubeconfig", "https://10.0.0.11:6443")
