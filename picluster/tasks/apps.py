@@ -12,7 +12,8 @@ RELEASES_HELP = "only these releases, comma-separated (in dependency order; see 
 
 @task(help={
     "inventory": INVENTORY_HELP,
-    "dry-run": "read facts and print what would change; change nothing (no helm upgrade, no apply)",
+    "dry-run": "read facts and print what would change; change nothing (no helm upgrade, no apply, "
+               "no secret, CA or download made)",
     "only": RELEASES_HELP,
     "releases-only": "skip the hosts' part (Minio, restic): only the Helm releases",
     "limit": "the hosts' part on these hosts only, comma-separated",

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
         "only": "run only these stages, comma-separated (os,gateway,k3s,apps)",
         "from": "start at this stage and run the ones after it (resume after a failure)",
         "limit": "act only on these hosts, comma-separated",
-        "dry-run": "read facts and print what would change, per host and step; change nothing",
+        "dry-run": "read facts and print what would change, per host and step; change nothing (not even a secret made)",
         "parallel": "how many hosts at once (default 10)",
         "verbose": "show each step's reason or diff",
         "report": "also write the result as JSON to this file",

@@ -9,7 +9,7 @@ from picluster.tasks._common import INVENTORY_HELP, USAGE_ERROR, load, require_r
 
 APPLY_HELP = {
     "inventory": INVENTORY_HELP,
-    "dry-run": "read facts and print what would change, per host and step; change nothing",
+    "dry-run": "read facts and print what would change, per host and step; change nothing (not even a secret made)",
     "limit": "act only on these hosts, comma-separated",
     "parallel": "how many hosts at once (default 10)",
     "verbose": "show each step's reason or diff",
