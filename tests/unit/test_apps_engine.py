@@ -15,6 +15,7 @@ from pathlib import Path
 
 import kmock as km
 import pytest
+import yaml
 from apps_support import FakeHelm, SsaEmulator, secret_object
 from kube_support import run, server_faults, write_kubeconfig
 
@@ -29,6 +30,10 @@ TRUST_ANCHOR = "-----BEGIN CERTIFICATE-----\nMIIBtrustanchor\n-----END CERTIFICA
 HELM_ORDER = ["metallb", "certmanager", "linkerd2", "velero", "longhorn", "elastic-operator", "fluentd",
               "fluent-bit", "prometheus-elasticsearch-exporter", "kube-prometheus-stack", "linkerd-viz"]
 FAST = {"lookup_wait": 1.0, "apply_attempts": 1, "apply_wait": 0.0}
+LONGHORN_UI = {
+    "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "longhorn-ui", "namespace": "longhorn-system"},
+    "spec": {"template": {"metadata": {"labels": {"app": "longhorn-ui"}},
+                          "spec": {"containers": [{"name": "longhorn-ui", "image": "longhornio/longhorn-ui"}]}}}}
 LONGHORN_MANAGER = {
     "apiVersion": "apps/v1", "kind": "DaemonSet",
     "metadata": {"name": "longhorn-manager", "namespace": "longhorn-system"},
@@ -61,13 +66,10 @@ def tools(kmock: km.KubernetesEmulator, helm: FakeHelm, tmp_path: Path) -> Itera
     # what cert-manager makes from linkerd/identity-issuer.yml: the lookup reads the trust anchor from it
     kmock.objects["v1/secrets", "linkerd", "linkerd-identity-issuer"] = secret_object(
         "linkerd", "linkerd-identity-issuer", {"ca.crt": TRUST_ANCHOR, "tls.crt": "c", "tls.key": "k"})
-    # what the longhorn chart makes and the mesh patches change (the helm double makes no objects)
+    # what the longhorn chart renders (through the post-renderer) and makes (the helm double makes no objects)
+    helm.set(chart_manifests={"longhorn-system/longhorn": yaml.safe_dump_all([LONGHORN_MANAGER, LONGHORN_UI])})
     kmock.objects["apps/v1/daemonsets", "longhorn-system", "longhorn-manager"] = LONGHORN_MANAGER
-    kmock.objects["apps/v1/deployments", "longhorn-system", "longhorn-ui"] = {
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "longhorn-ui", "namespace": "longhorn-system"},
-        "spec": {"template": {"metadata": {"labels": {"app": "longhorn-ui"}},
-                              "spec": {"containers": [{"name": "longhorn-ui", "image": "longhornio/longhorn-ui"}]}}}}
+    kmock.objects["apps/v1/deployments", "longhorn-system", "longhorn-ui"] = LONGHORN_UI
     yield Tools(str(helm.path), kubeconfig)
     assert server_faults(kmock) == []
 
@@ -117,6 +119,14 @@ async def test_a_first_run_installs_every_release_in_order_with_the_exact_comman
         "s3Url"] == "https://s3.picluster.example.com:9091"
     check_secrets_are_created_through_the_api_and_never_reach_helm(kmock, helm)
     check_manifests_are_applied_server_side_after_their_release(kmock)
+    # helm deploys the patches too (its post-renderer), so a later upgrade merges cleanly
+    upgrade = next(c for c in helm.calls() if c["argv"][:3] == ["upgrade", "--install", "longhorn"])
+    renderer = upgrade["argv"][upgrade["argv"].index("--post-renderer") + 1]
+    assert not Path(renderer).exists()                                  # a temporary file, gone afterwards
+    manager, ui = yaml.safe_load_all(upgrade["post_rendered"])
+    assert ui["spec"]["template"]["metadata"]["annotations"] == {"linkerd.io/inject": "enabled"}
+    assert manager["spec"]["template"]["spec"]["containers"][0]["env"][1] == {"name": "POD_IP", "value": "0.0.0.0"}
+    assert all("--post-renderer" not in c["argv"] for c in helm.calls() if c["argv"][:3] != upgrade["argv"][:3])
     longhorn = next(s for s in result.steps if s.name == "release longhorn")
     assert {"DaemonSet longhorn-system/longhorn-manager: patched",
             "Deployment longhorn-system/longhorn-ui: patched"} <= set(longhorn.diff.splitlines())

@@ -3,12 +3,16 @@
 Per release: manifests `before` (server-side apply), namespaces and Secrets, lookups (waited for), then
 `helm upgrade --install --version --namespace --create-namespace --wait --atomic` unless the deployed
 chart version and values hash match ours (unchanged: skipped), then the release's manifests, then its
-patches of the chart's own objects.
+patches of the chart's own objects. Helm applies those patches itself too (a post-renderer), so what it
+stores is what runs and a later upgrade merges cleanly.
 """
 
 from __future__ import annotations
 
+import json
+import shlex
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -239,12 +243,28 @@ class Applier:
 
     def _install(self, rendered: Rendered) -> None:
         with tempfile.TemporaryDirectory(prefix="picluster-values-") as tmp:
-            values_file = None
+            values_file = post_renderer = None
             if rendered.values:
                 values_file = Path(tmp) / f"{rendered.release.name}.values.yml"
                 values_file.write_text(rendered.values_yaml, encoding="utf-8")
-            self.helm.upgrade_install(rendered.release, values_file)
+            if rendered.patches:   # part of what helm deploys, so its later upgrades merge cleanly
+                post_renderer = write_post_renderer(Path(tmp), rendered)
+            self.helm.upgrade_install(rendered.release, values_file, post_renderer)
         self._deployed = None  # re-read after a change
+
+
+def write_post_renderer(folder: Path, rendered: Rendered) -> Path:
+    """An executable helm runs as `--post-renderer`: the release's patches applied to the chart's manifests.
+
+    Helm (3.6) takes no arguments for it, so it is a small script that names the patches file.
+    """
+    patches = folder / f"{rendered.release.name}.patches.json"
+    patches.write_text(json.dumps(rendered.patches), encoding="utf-8")
+    script = folder / f"{rendered.release.name}.post-render"
+    script.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m picluster.stages.apps.postrender "
+                      f"{shlex.quote(str(patches))}\n", encoding="utf-8")
+    script.chmod(0o700)
+    return script
 
 
 def run_releases(inv: Inventory, *, dry_run: bool = False, only: Sequence[str] | None = None,

@@ -85,11 +85,13 @@ class Helm:
             raise HelmError(f"helm get values {name} printed something that is not JSON") from None
         return data if isinstance(data, dict) else {}
 
-    def upgrade_install(self, release: Release, values_file: Path | None) -> None:
+    def upgrade_install(self, release: Release, values_file: Path | None, post_renderer: Path | None = None) -> None:
         chart = release.chart
         args = ["upgrade", "--install", release.name, chart.ref, "--version", chart.version,
                 "--namespace", release.namespace, "--create-namespace", "--wait", "--atomic",
                 "--timeout", self.timeout]
         if values_file is not None:
             args += ["--values", str(values_file)]
+        if post_renderer is not None:
+            args += ["--post-renderer", str(post_renderer)]
         self.run(*args, timeout=None)
