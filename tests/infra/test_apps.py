@@ -32,6 +32,9 @@ RELEASES = load_releases().ordered()
 # --- on every Pi --------------------------------------------------------------------------------------
 
 
+REACHABLE: dict[tuple[str, str], bool] = {}   # (host, site) -> answered: asked once per host and site
+
+
 def require_pinned_binary(host: Any, node: Any, name: str, path: str, version_args: str = "--version") -> None:
     """Pass when `path` is the pinned build; skip only when its download site is unreachable from the host."""
     pinned = binary(name)
@@ -40,7 +43,9 @@ def require_pinned_binary(host: Any, node: Any, name: str, path: str, version_ar
         assert pinned.version in out.stdout.split(), f"{path} is not {name} {pinned.version}: {out.stdout!r}"
         return
     site = backup.VendorBinary(pinned, path).site
-    if host.run(f"curl -sSI --max-time 10 -o /dev/null {site}/").rc != 0:
+    if (node.name, site) not in REACHABLE:
+        REACHABLE[node.name, site] = host.run(f"curl -sSI --max-time 5 -o /dev/null {site}/").rc == 0
+    if not REACHABLE[node.name, site]:
         pytest.skip(f"{name} is not installed on {node.name}: {site} is unreachable from it")
     pytest.fail(f"{path} is missing on {node.name} although {site} answers: re-run `invoke apps.apply`")
 
