@@ -114,7 +114,9 @@ class VendorBinary:
             *fetch_sum,
             'echo "$sum  $tmp/dl" | sha256sum -c --quiet -',
             *unpack,
-            f'install -m 0755 "$tmp/bin" {shlex.quote(self.path)}',
+            # a new inode renamed over the old: a running binary cannot be overwritten (text file busy)
+            f'install -m 0755 "$tmp/bin" {shlex.quote(self.path + ".new")}',
+            f'mv -f {shlex.quote(self.path + ".new")} {shlex.quote(self.path)}',
         ])
         was = facts.version.splitlines()[0] if facts.version.strip() else "not installed"
         return Change(f"{self.path}: {was} -> {b.name} {b.version} ({url}, sha256-checked)", [Command(script)])

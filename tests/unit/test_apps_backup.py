@@ -152,6 +152,12 @@ def test_the_install_script_installs_only_a_build_whose_digest_matches(tmp_path:
     assert done.returncode == 0, done.stderr
     assert target.read_bytes() == build and os.access(target, os.X_OK)
     assert subprocess.run([str(target), "version"], capture_output=True, text=True).stdout.split()[1] == "0.12.1"
+    # a reinstall replaces the file by a rename (a new inode), never rewrites it in place: a binary that is
+    # running (a backup at 03:00) cannot be opened for writing ("text file busy")
+    before = target.stat().st_ino
+    again = install(good)
+    assert again.returncode == 0, again.stderr
+    assert target.stat().st_ino != before and sorted(p.name for p in target.parent.iterdir()) == ["restic"]
 
 
 def test_buckets_and_users_are_made_only_where_missing() -> None:
