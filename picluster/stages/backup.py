@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from picluster import secrets
 from picluster.inventory import Host, Inventory
-from picluster.remote import AnyStep, Change, Command, Decision, Ok, ProbeOutput, StepError
+from picluster.remote import AnyStep, Change, Command, Decision, Ok, ProbeOutput, StepError, changed_mark
 from picluster.stages.apps.pki import ServerPki
 from picluster.state import Apt, Directory, File, Service, User
 from picluster.state.batch import Batch
@@ -119,7 +119,8 @@ class VendorBinary:
             f'mv -f {shlex.quote(self.path + ".new")} {shlex.quote(self.path)}',
         ])
         was = facts.version.splitlines()[0] if facts.version.strip() else "not installed"
-        return Change(f"{self.path}: {was} -> {b.name} {b.version} ({url}, sha256-checked)", [Command(script)])
+        return Change(f"{self.path}: {was} -> {b.name} {b.version} ({url}, sha256-checked)", [Command(script)],
+                      sets=frozenset({changed_mark(self.path)}))   # a service running it restarts
 
 
 # --- Minio buckets, users and policies ----------------------------------------------------------------
@@ -284,7 +285,8 @@ def minio_steps(inv: Inventory, host: Host) -> list[AnyStep]:
         VendorBinary(binary("minio"), MINIO_BIN),
         VendorBinary(binary("mc"), MC_BIN),
         OnlyIf(Service("minio", enabled=True, running=True,
-                       restart_on=[MINIO_CONF, MINIO_UNIT, f"{MINIO_SSL}/public.crt", f"{MINIO_SSL}/private.key"]),
+                       restart_on=[MINIO_CONF, MINIO_UNIT, f"{MINIO_SSL}/public.crt", f"{MINIO_SSL}/private.key",
+                                   MINIO_BIN]),
                HAS_MINIO, NO_MINIO),
         OnlyIf(MinioProvision(), HAS_MINIO, NO_MINIO),
     ]

@@ -20,7 +20,7 @@ from stage_support import reference_data, write_inventory
 
 from picluster import secrets
 from picluster.inventory import Inventory
-from picluster.remote import Change, Ok, ProbeOutput, StepError
+from picluster.remote import Change, Ok, ProbeOutput, StepError, changed_mark
 from picluster.stages import STAGES, backup
 from picluster.state.skip import SKIPPED
 from picluster.versions import Binary, binary
@@ -104,6 +104,7 @@ def test_the_minio_binary_is_a_skip_where_its_site_is_unreachable() -> None:
     (command,) = download.commands
     assert f"-o \"$tmp/dl\" {url}\n" in command.script and f"{url}.sha256sum" in command.script
     assert "sha256sum -c" in command.script and "install -m 0755" in command.script
+    assert download.sets == {changed_mark("/usr/local/bin/minio")}       # the minio service restarts on it
 
 
 def test_restic_is_the_pinned_github_build_checked_against_the_pinned_digest() -> None:
