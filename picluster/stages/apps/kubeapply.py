@@ -59,18 +59,21 @@ def contains(want: Any, live: Any) -> bool:
 
 
 def patched(want: Any, live: Any) -> bool:
-    """True when `live` already has what the strategic-merge patch `want` sets.
+    """True when `live` already has what the strategic-merge patch `want` sets: merging it changes nothing
+    (compared both ways, so a removed key counts, and "2" is 2 as in `contains`)."""
+    from picluster.stages.apps.postrender import merge
 
-    A null removes the key; a list of named items (containers, env) merges by name, as the API server does.
-    """
-    if isinstance(want, dict):
-        return isinstance(live, dict) and all(
-            (k not in live or live[k] is None) if v is None else (k in live and patched(v, live[k]))
-            for k, v in want.items())
-    if isinstance(want, list) and all(isinstance(w, dict) and "name" in w for w in want):
-        by_name = {i.get("name"): i for i in live if isinstance(i, dict)} if isinstance(live, list) else {}
-        return all(w["name"] in by_name and patched(w, by_name[w["name"]]) for w in want)
-    return contains(want, live)
+    live = _without_nulls(live)    # a null in a live object means the key is not there
+    merged = merge(live, want)
+    return contains(merged, live) and contains(live, merged)
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 def _call(client: ApiClient, method: str, path: str, *, body: Any = None, content_type: str | None = None,
