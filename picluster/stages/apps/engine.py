@@ -166,11 +166,15 @@ class Applier:
             return replace(plan, reason=f"{plan.reason}; {len(pending)} grafana.com dashboards to download")
         return plan
 
-    def _objects(self, objs: Sequence[dict[str, object]], diff: list[str]) -> int:
+    def _objects(self, objs: Sequence[dict[str, object]], diff: list[str], *, patches: bool = False) -> int:
+        """Apply (or, with `patches`, patch) each object; say what changed in `diff`; count the unchanged."""
         unchanged = 0
         for obj in objs:
-            outcome = kubeapply.apply(self.kube, obj, dry_run=self.dry_run, attempts=self.apply_attempts,
-                                      wait=self.apply_wait)
+            if patches:
+                outcome = kubeapply.patch(self.kube, obj, dry_run=self.dry_run)
+            else:
+                outcome = kubeapply.apply(self.kube, obj, dry_run=self.dry_run, attempts=self.apply_attempts,
+                                          wait=self.apply_wait)
             if outcome == "unchanged":
                 unchanged += 1
             else:
@@ -218,12 +222,7 @@ class Applier:
             else:
                 reason = f"bundled with K3S ({release.chart.label}): customised by its HelmChartConfig"
             unchanged += self._objects(rendered.manifests, diff)
-            for obj in rendered.patches:
-                outcome = kubeapply.patch(self.kube, obj, dry_run=self.dry_run)
-                if outcome == "unchanged":
-                    unchanged += 1
-                else:
-                    diff.append(f"{kubeapply.describe(obj)}: {outcome}")
+            unchanged += self._objects(rendered.patches, diff, patches=True)
             if self.renderer.missing:
                 diff.append(f"secrets to generate in the local store: {', '.join(sorted(self.renderer.missing))}")
                 self.renderer.missing.clear()
