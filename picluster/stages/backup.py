@@ -82,7 +82,7 @@ class VendorBinary:
         version = f"{shlex.quote(self.path)} {self.version_args} 2>/dev/null | head -n 3"
         # The site is only asked when the build is not the pinned one; any HTTP answer means reachable.
         reach = (f"if {version} | grep -qwF -- {shlex.quote(self.binary.version)}; then exit 0; fi; "
-                 f"curl -sSI --max-time 10 -o /dev/null {shlex.quote(self.site)}/")
+                 f"curl -sSI --connect-timeout 5 --max-time 10 -o /dev/null {shlex.quote(self.site)}/")
         return {"version": version, "arch": "dpkg --print-architecture", "reach": reach}
 
     def parse(self, outputs: Mapping[str, ProbeOutput], marks: frozenset[str]) -> BinaryFacts:
