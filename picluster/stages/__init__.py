@@ -56,8 +56,10 @@ def _k3s_plan(inv: Inventory) -> Callable[[Host], Sequence[AnyStep]]:
 
 def _apps_plan(inv: Inventory) -> Callable[[Host], Sequence[AnyStep]]:
     from picluster.stages.backup import plan
+    from picluster.stages.k3s import local_path_kept_non_default
 
-    return plan(inv)
+    backups = plan(inv)
+    return lambda host: [*backups(host), *local_path_kept_non_default(host)]
 
 
 def _apps_releases(inv: Inventory, dry_run: bool) -> HostResult:

@@ -50,6 +50,7 @@ TOKEN_FILE = f"{K3S_DIR}/cluster-token"
 SERVER_KUBECONFIG = f"{K3S_DIR}/k3s.yaml"
 BIN = "/usr/local/bin/k3s"
 SYSTEMD_DIR = "/etc/systemd/system"
+LOCAL_STORAGE = "/var/lib/rancher/k3s/server/manifests/local-storage.yaml"   # K3S's packaged local-path
 STAGING = "/var/lib/picluster/k3s"
 IMAGES_DIR = "/var/lib/rancher/k3s/agent/images"
 ROLL_PENDING = "/run/picluster/k3s-roll-pending"
@@ -917,6 +918,21 @@ def host_steps(plan: K3sPlan, host: Host) -> list[AnyStep]:
         steps += [RollPlan(inv, plan.version, plan.ctl, plan.selected), Roll(inv, plan.ctl, plan.act),
                   SettlePlan(inv, plan.ctl), Settle(inv, plan.ctl)]
     return steps
+
+
+def local_path_kept_non_default(host: Host) -> list[AnyStep]:
+    """On a server: K3S stops re-applying its local-storage manifest, once it has deployed it.
+
+    K3S rewrites and re-applies its packaged manifests at every start, which makes local-path the default
+    StorageClass again beside Longhorn after each reboot (k3s-io/k3s#3441): two defaults, and a PVC without
+    a class is refused. A `.skip` file beside the manifest stops that; local-path stays, non-default, at the
+    version K3S first deployed.
+    """
+    if host.role != "server":
+        return []
+    note = "# picluster: K3S does not re-apply local-storage.yaml (local-path stays non-default; Longhorn is)\n"
+    return [OnlyIf(File(LOCAL_STORAGE + ".skip", note), f"test -f {q(LOCAL_STORAGE)}",
+                   f"K3S has not deployed its local-storage manifest on {host.name} (k3s is not running here)")]
 
 
 def plan(inv: Inventory, *, airgap: str | os.PathLike[str] | None = None, version: str | None = None,

@@ -90,6 +90,17 @@ def test_minio_serves_tls_on_the_s3_host(host: Any, node: Any, inventory: Invent
     assert out.rc == 0 and out.stdout.strip() == "200", out.stderr
 
 
+def test_k3s_leaves_local_path_non_default_after_a_restart(host: Any, node: Any) -> None:
+    from picluster.stages.k3s import LOCAL_STORAGE
+
+    if node.role != "server":
+        pytest.skip(f"{node.name} is not a K3S server")
+    with host.sudo():
+        if not host.file(LOCAL_STORAGE).exists:
+            pytest.skip(f"K3S has not deployed its local-storage manifest on {node.name}")
+        assert host.file(LOCAL_STORAGE + ".skip").exists
+
+
 # --- the cluster, from the controller -----------------------------------------------------------------
 
 

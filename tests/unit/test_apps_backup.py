@@ -195,6 +195,20 @@ def test_the_apps_stage_runs_on_every_pi_then_the_controller() -> None:
     assert set(apps.roles) == {"gateway", "server", "agent"}
 
 
+def test_servers_keep_local_path_non_default_across_k3s_restarts(inv: Inventory) -> None:
+    from picluster.stages import k3s
+    from picluster.state.skip import OnlyIf
+
+    (apps,) = [s for s in STAGES if s.name == "apps"]
+    assert apps.plan is not None
+    planner = apps.plan(inv)
+    (last,) = planner(inv.hosts["node1"])[-1:]
+    assert isinstance(last, OnlyIf) and last.step.name == f"file {k3s.LOCAL_STORAGE}.skip"
+    assert last.condition == f"test -f {k3s.LOCAL_STORAGE}"         # only once K3S has deployed it
+    for agent in ("node2", "gateway"):
+        assert not any(".skip" in n for n in names(list(planner(inv.hosts[agent]))))
+
+
 def test_without_s3_in_the_registry_backups_are_an_explicit_skip(tmp_path: Path, inv: Inventory) -> None:
     data = reference_data()
     del data["cluster"]["services"]["s3"]
