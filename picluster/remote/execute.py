@@ -38,6 +38,9 @@ class _Stdin:
         """Return the next chunk (empty at the end)."""
         return self._data.read(CHUNK)
 
+    def close(self) -> None:
+        """Nothing to release."""
+
 
 class _Base64File:
     """Stdin that streams a local file as base64 lines (64 KiB of text per read), opened on first read."""
@@ -57,10 +60,15 @@ class _Base64File:
             self._file = self.path.open("rb")
         chunk = self._file.read(self.RAW)
         if not chunk:
-            self._file.close()
-            self._done = True
+            self.close()
             return b""
         return base64.b64encode(chunk) + b"\n"
+
+    def close(self) -> None:
+        """Close the file (reads after it return nothing)."""
+        self._done = True
+        if self._file is not None:
+            self._file.close()
 
 
 def stdin_of(command: Command) -> _Stdin | _Base64File:
@@ -123,6 +131,7 @@ class Executor:
     def run(self, command: Command) -> tuple[str, str]:
         """Run one command; return (stdout, stderr) or raise `CommandFailed`."""
         limit = self.command_timeout
+        stdin = stdin_of(command)
         try:
             result = self.c.run(
                 wrap(command.script, sudo=self.sudo, timeout=limit),
@@ -131,10 +140,12 @@ class Executor:
                 pty=False,
                 # NOTE: a safety net only, for a host that stops answering; `timeout` on the host acts first
                 timeout=None if limit is None else limit + KILL_AFTER + 10,
-                in_stream=stdin_of(command),
+                in_stream=stdin,
             )
         except CommandTimedOut as e:
             raise CommandFailed(CommandError(command.script, -1, f"no answer from the host after {e.timeout} s")) from e
+        finally:
+            stdin.close()   # a command that ends before reading all of a streamed file leaves it open otherwise
         assert result is not None  # NOTE: only disown=True returns None
         if result.exited != 0:
             tail = "\n".join(result.stderr.rstrip().splitlines()[-STDERR_LINES:])
