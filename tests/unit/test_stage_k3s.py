@@ -411,11 +411,20 @@ def test_limit_narrows_the_rolling_upgrade_to_the_runs_hosts(inv: Inventory) -> 
 
 
 def test_the_runner_tells_a_selective_planner_its_hosts(inv: Inventory, tmp_path: Path) -> None:
+    from dataclasses import dataclass
+
+    from picluster.inventory import SshTarget
     from picluster.remote import run_stage
+
+    @dataclass(frozen=True)
+    class Loopback:                       # never a reference address: planning fails before any connection
+        name: str
+        ssh: SshTarget
 
     plan = k3s.K3sPlan(inv=inv, token="t", version=VERSION, bundle=None,
                        ctl=k3s.Controller(tmp_path / "kubeconfig", "https://10.0.0.11:6443"), error="stop here")
-    result = run_stage("k3s", [inv.hosts["node3"], inv.hosts["node4"]], plan, check=False)
+    hosts = [Loopback(n, SshTarget("127.0.0.1", 9, "nobody")) for n in ("node3", "node4")]
+    result = run_stage("k3s", hosts, plan, check=False)   # type: ignore[arg-type]
     assert plan.selected == frozenset({"node3", "node4"})
     assert [h.message for h in result.hosts] == ["planning the steps failed: ValueError: stop here"] * 2
 
