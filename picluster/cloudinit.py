@@ -85,8 +85,8 @@ def user_data(inv: Inventory, host: Host, *, host_key: HostKey | None = None,
     doc: dict[str, Any] = {
         "hostname": host.name,
         "manage_etc_hosts": "localhost",
-        "timezone": host.vars["timezone"],
-        "locale": host.vars["locale"],
+        "timezone": host.settings.timezone,
+        "locale": host.settings.locale,
         # No `default` entry: the image's default user (ubuntu) is not created.
         "users": users,
         "ssh_pwauth": False,

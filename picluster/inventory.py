@@ -124,6 +124,36 @@ class SshTarget:
 
 
 @dataclass(frozen=True)
+class ShutdownGrace:
+    """Graceful node shutdown: the kubelet's periods; logind's inhibit delay follows from them."""
+
+    grace: int  # kubelet shutdownGracePeriod, seconds
+    critical: int  # kubelet shutdownGracePeriodCriticalPods, seconds
+
+    @property
+    def logind_delay(self) -> int:
+        """The InhibitDelayMaxSec the os stage sets: the grace period."""
+        return self.grace
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """The layered vars of one host, typed."""
+
+    timezone: str
+    locale: str
+    ssh_port: int
+    ssh_key_file: Path | None
+    ssh_known_hosts: Path | None
+    lan_interface: str
+    packages: tuple[str, ...]
+    ntp_upstream: tuple[str, ...]
+    image: str | None  # a name in hosts/images.yml; None: the catalog's default
+    k3s_node_labels: Mapping[str, str]  # labels K3S registers the node with (config.yaml node-label)
+    shutdown: ShutdownGrace
+
+
+@dataclass(frozen=True)
 class Host:
     name: str
     role: str
@@ -132,17 +162,18 @@ class Host:
     boot_disk: str
     data_partition: DataPartition | None
     wan: Wan | None
-    vars: Mapping[str, Any]
+    vars: Mapping[str, Any]  # the raw layered vars, for `inventory.show`; stages read `settings`
     automation_user: str
+    settings: HostSettings
 
     @property
     def ssh(self) -> SshTarget:
         return SshTarget(
             address=str(self.ip),
-            port=int(self.vars["ssh_port"]),
+            port=self.settings.ssh_port,
             user=self.automation_user,
-            key_file=self.vars.get("ssh_key_file"),
-            known_hosts=self.vars.get("ssh_known_hosts"),
+            key_file=self.settings.ssh_key_file,
+            known_hosts=self.settings.ssh_known_hosts,
         )
 
     @property
@@ -166,6 +197,7 @@ class Inventory:
     hosts: Mapping[str, Host]
     lab: LabSettings | None = None
     vars: Mapping[str, Any] = field(default_factory=dict)
+    settings: HostSettings = field(default_factory=lambda: settings_of({}))  # the `vars` layer over the defaults
 
     def select(self, roles: Iterable[str] | None = None, limit: Iterable[str] | None = None) -> list[Host]:
         """Hosts in file order, narrowed to `roles` and to the names in `limit` (unknown names fail)."""
@@ -259,10 +291,25 @@ VAR_SCHEMA: dict[str, tuple[Callable[[Any], Any] | None, Any]] = {
     "lan_interface": (_string, "eth0"),
     "packages": (_string_list, ()),
     "ntp_upstream": (_string_list, ("pool.ntp.org",)),
-    "image": (_string, None),  # a name in hosts/images.yml; None: the catalog's default
-    "k3s_node_labels": (_node_labels, {}),  # labels K3S registers the node with (config.yaml node-label)
+    "image": (_string, None),
+    "k3s_node_labels": (_node_labels, {}),
 }
 _PATH_VARS = {"ssh_key_file", "ssh_known_hosts"}
+
+
+def settings_of(*layers: Mapping[str, Any]) -> HostSettings:
+    """The typed settings of validated var layers, later layers overriding earlier ones and the defaults."""
+    v = {k: default for k, (_c, default) in VAR_SCHEMA.items()}
+    for layer in layers:
+        v.update(layer)
+    return HostSettings(
+        timezone=v["timezone"], locale=v["locale"], ssh_port=v["ssh_port"],
+        ssh_key_file=v["ssh_key_file"], ssh_known_hosts=v["ssh_known_hosts"],
+        lan_interface=v["lan_interface"], packages=tuple(v["packages"]), ntp_upstream=tuple(v["ntp_upstream"]),
+        image=v["image"], k3s_node_labels=dict(v["k3s_node_labels"]),
+        shutdown=ShutdownGrace(grace=v["kubelet_shutdown_grace_period"],
+                               critical=v["kubelet_shutdown_grace_period_critical_pods"]),
+    )
 
 T = TypeVar("T")
 
@@ -382,7 +429,8 @@ def _build(r: _Reader, data: Any) -> Inventory:
     for name, h in hosts_data.items():
         hosts[str(name)] = _host(r, str(name), h, cluster, all_vars, group_vars)
     lab = _lab(r, top["lab"]) if "lab" in top else None
-    inv = Inventory(path=r.path, cluster=cluster, hosts=hosts, lab=lab, vars=all_vars)
+    inv = Inventory(path=r.path, cluster=cluster, hosts=hosts, lab=lab, vars=all_vars,
+                    settings=settings_of(all_vars))
     _check_consistency(r, inv)
     return inv
 
@@ -517,14 +565,15 @@ def _host(r: _Reader, name: str, data: Any, cluster: Cluster, all_vars: Mapping[
     if wan is not None and role != "gateway":
         raise r.fail(f"{where}.wan", "only the gateway has a WAN side; remove it or make the host the gateway")
     host_vars = _vars(r, h.get("vars"), f"{where}.vars")
+    layers = (all_vars, group_vars.get(role, {}), host_vars)
     layered = {k: default for k, (_c, default) in VAR_SCHEMA.items()}
-    layered.update(all_vars)
-    layered.update(group_vars.get(role, {}))
-    layered.update(host_vars)
+    for layer in layers:
+        layered.update(layer)
     return Host(
         name=name, role=role, ip=r.ip(h["ip"], f"{where}.ip"), mac=mac.lower(),
         boot_disk=r.string(h["boot_disk"], f"{where}.boot_disk", what="a device path such as /dev/sda"),
         data_partition=data_partition, wan=wan, vars=layered, automation_user=cluster.automation_user,
+        settings=settings_of(*layers),
     )
 
 
@@ -603,8 +652,7 @@ def _check_consistency(r: _Reader, inv: Inventory) -> None:
                          "give the host an address outside it")
         if h.ip == c.controller:
             raise r.fail(f"{where}.ip", f"{h.ip} is the controller's address (cluster.controller)")
-        grace = h.vars["kubelet_shutdown_grace_period"]
-        critical = h.vars["kubelet_shutdown_grace_period_critical_pods"]
+        grace, critical = h.settings.shutdown.grace, h.settings.shutdown.critical
         if critical >= grace:
             raise r.fail(f"{where}.vars.kubelet_shutdown_grace_period_critical_pods",
                          f"{critical}s leaves no time for ordinary pods within the {grace}s grace period; "

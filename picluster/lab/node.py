@@ -19,7 +19,8 @@ from pathlib import Path
 from picluster import cloudinit
 from picluster.cloudinit import HostKey
 from picluster.inventory import Host, Inventory
-from picluster.lab.common import LabError, write_atomic
+from picluster.lab.common import LabError
+from picluster.localfs import write_atomic
 
 SEED_DIR = "var/lib/cloud/seed/nocloud"
 BOOT_DIR = "boot/firmware"
@@ -101,7 +102,7 @@ def seed(inv: Inventory, host: Host, base: Path, paths: NodePaths, host_key: Hos
     ssh = _mkdirs(base, paths.upper, "etc/ssh")
     write_atomic(ssh / f"ssh_host_{host_key.kind}_key", host_key.private, mode=0o600)
     write_atomic(ssh / f"ssh_host_{host_key.kind}_key.pub", host_key.public + "\n", mode=0o644)
-    _enable_locale(base, paths.upper, str(host.vars["locale"]))
+    _enable_locale(base, paths.upper, host.settings.locale)
     apt = _mkdirs(base, paths.upper, "etc/apt/apt.conf.d")
     address, port = proxy
     write_atomic(apt / "01proxy", f'Acquire::http::Proxy "http://{address}:{port}";\n')

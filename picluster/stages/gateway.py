@@ -56,7 +56,7 @@ VERSIONS = Path(__file__).resolve().parents[2] / "k8s" / "versions.yml"
 def nftables_conf(inv: Inventory, host: Host) -> str:
     """Return the gateway's ruleset: the reference's input ports, LAN→WAN forwarding, NAT masquerade."""
     s3 = inv.cluster.services.get("s3")
-    return render("nftables.conf.j2", inventory_path=inv.path.name, lan_if=host.vars["lan_interface"],
+    return render("nftables.conf.j2", inventory_path=inv.path.name, lan_if=host.settings.lan_interface,
                   lan_net=str(inv.cluster.lan.cidr), wan_if=host.wan.interface if host.wan else "",
                   s3=str(s3) if s3 is not None and s3 in inv.cluster.lan.cidr else "")
 
@@ -65,7 +65,7 @@ def dnsmasq_conf(inv: Inventory, host: Host) -> str:
     """Return dnsmasq.conf: DHCP range, a reservation and a record per host, a record per service."""
     c = inv.cluster
     return render(
-        "dnsmasq.conf.j2", inventory_path=inv.path.name, lan_if=host.vars["lan_interface"],
+        "dnsmasq.conf.j2", inventory_path=inv.path.name, lan_if=host.settings.lan_interface,
         lan_net=str(c.lan.cidr), gateway_ip=str(host.ip), domain=c.domain,
         upstream=[str(a) for a in c.dns_upstream], dhcp_first=str(c.lan.dhcp_range[0]),
         dhcp_last=str(c.lan.dhcp_range[1]), lease=c.lan.dhcp_lease,

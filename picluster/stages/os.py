@@ -43,7 +43,6 @@ SYSCTLS: tuple[tuple[str, int], ...] = (
     ("fs.inotify.max_user_instances", 512),
     ("fs.inotify.max_user_watches", 256000),
 )
-# The gateway's NTP upstream when the inventory names none (the reference used the Ubuntu pool).
 
 CHRONY_CONF = "/etc/chrony/chrony.conf"
 CHRONY_DEFAULT = "/etc/default/chrony"
@@ -61,7 +60,7 @@ DATA_VG, DATA_LV, DATA_MOUNT = "vg_local", "lv_storage", "/storage"
 def packages(host: Host) -> list[str]:
     """Return the packages the os stage installs on `host`: the stage's own, then the inventory's."""
     out = list(BASE_PACKAGES)
-    out += [p for p in host.vars["packages"] if p not in out]
+    out += [p for p in host.settings.packages if p not in out]
     return out
 
 
@@ -74,7 +73,7 @@ def chrony_conf(inv: Inventory, host: Host) -> str:
     """Return chrony.conf: the gateway serves the LAN from its upstream, the others follow the gateway."""
     ntp = inv.cluster.services.get("ntp", inv.cluster.lan.gateway)
     return render("chrony.conf.j2", inventory_path=inv.path.name, serve=host.role == "gateway",
-                  upstream=host.vars["ntp_upstream"], lan_net=str(inv.cluster.lan.cidr),
+                  upstream=host.settings.ntp_upstream, lan_net=str(inv.cluster.lan.cidr),
                   server=str(ntp), own_clock=True)
 
 
@@ -93,8 +92,9 @@ def chrony_dropin(container: str) -> str:
 
 def logind_dropin(host: Host) -> str:
     """Return the logind drop-in: InhibitDelayMaxSec = the kubelet's shutdown grace period."""
-    grace = int(host.vars["kubelet_shutdown_grace_period"])
-    return render("logind-inhibit.conf.j2", grace=grace, delay=grace, after=UNATTENDED_UPGRADES_DROPIN)
+    shutdown = host.settings.shutdown
+    return render("logind-inhibit.conf.j2", grace=shutdown.grace, delay=shutdown.logind_delay,
+                  after=UNATTENDED_UPGRADES_DROPIN)
 
 
 def sshd_dropin(inv: Inventory) -> str:
@@ -116,7 +116,7 @@ def host_steps(inv: Inventory, host: Host) -> list[AnyStep]:
         Batch("hostname, /etc/hosts, time zone", [
             Hostname(host.name),
             HostsEntry("127.0.1.1", [fqdn(inv, host), host.name]),
-            Timezone(host.vars["timezone"]),
+            Timezone(host.settings.timezone),
         ]),
         Batch("dpkg consistent, snapd removed", [DpkgConsistent(), SnapsRemoved()]),
         Apt(packages(host)),

@@ -54,8 +54,8 @@ def test_user_data_creates_admins_with_sudo_and_keys_and_no_default_user(real: I
     ud = _user_data(cloudinit.user_data(real, host))
     assert ud["hostname"] == "node2"
     assert ud["manage_etc_hosts"] == "localhost"
-    assert ud["timezone"] == host.vars["timezone"]
-    assert ud["locale"] == host.vars["locale"]
+    assert ud["timezone"] == host.settings.timezone
+    assert ud["locale"] == host.settings.locale
     assert ud["ssh_pwauth"] is False
     names = [u["name"] for u in ud["users"]]
     assert names == [u.name for u in real.cluster.admin_users]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from picluster.inventory import InventoryError, load_inventory
+from picluster.inventory import HostSettings, InventoryError, ShutdownGrace, load_inventory
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK0wmN/Cr3JXqmLW7u+g9pTh+wyqDHpSQEIQczXkVx9q test@example"
@@ -64,6 +64,24 @@ def test_vars_are_layered_host_over_group_over_all(tmp_path: Path) -> None:
     assert inv.hosts["node1"].vars["timezone"] == "UTC"             # all
     assert inv.hosts["node1"].vars["ssh_port"] == 22                # built-in default
     assert inv.hosts["node2"].ssh.port == 2222 and inv.hosts["node2"].ssh.user == "admin"
+
+
+def test_settings_type_the_layered_vars(tmp_path: Path) -> None:
+    data = valid()
+    data["vars"].update({"kubelet_shutdown_grace_period": "1m", "packages": ["jq"], "ssh_key_file": "keys/id"})
+    data["groups"]["agent"]["vars"]["kubelet_shutdown_grace_period_critical_pods"] = "15s"
+    data["hosts"]["node2"]["vars"]["k3s_node_labels"] = {"disktype": "ssd", "gpu": None}
+    inv = load_inventory(write(tmp_path, data))
+    node1, node2 = inv.hosts["node1"].settings, inv.hosts["node2"].settings
+    assert node2 == HostSettings(
+        timezone="Europe/Madrid", locale="C.UTF-8", ssh_port=2222, ssh_key_file=tmp_path / "keys/id",
+        ssh_known_hosts=None, lan_interface="eth0", packages=("jq",), ntp_upstream=("pool.ntp.org",), image=None,
+        k3s_node_labels={"disktype": "ssd", "gpu": ""}, shutdown=ShutdownGrace(grace=60, critical=15))
+    assert node1.shutdown == ShutdownGrace(grace=60, critical=10) and node1.shutdown.logind_delay == 60
+    assert node1.k3s_node_labels == {} and node1.timezone == "UTC"
+    assert inv.hosts["node2"].ssh.key_file == tmp_path / "keys/id"
+    # the cluster-wide layer: `vars` over the defaults, no group or host
+    assert inv.settings.timezone == "UTC" and inv.settings.ssh_port == 22 and inv.settings.shutdown.grace == 60
 
 
 def test_select_by_role_and_limit(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from picluster.inventory import InventoryError, load_inventory
 
 def test_image_defaults_to_none_meaning_the_catalog_default(tmp_path: Path) -> None:
     inv = load_inventory(write_inventory(tmp_path))
-    assert all(h.vars["image"] is None for h in inv.hosts.values())
+    assert all(h.settings.image is None for h in inv.hosts.values())
 
 
 def test_image_is_layered(tmp_path: Path) -> None:
@@ -22,9 +22,9 @@ def test_image_is_layered(tmp_path: Path) -> None:
         data["hosts"]["node4"]["vars"] = {"image": "ubuntu-20.04"}
 
     inv = load_inventory(write_inventory(tmp_path, mutate=mutate))
-    assert inv.hosts["gateway"].vars["image"] == "ubuntu-22.04"
-    assert inv.hosts["node2"].vars["image"] == "ubuntu-24.04"
-    assert inv.hosts["node4"].vars["image"] == "ubuntu-20.04"
+    assert inv.hosts["gateway"].settings.image == "ubuntu-22.04"
+    assert inv.hosts["node2"].settings.image == "ubuntu-24.04"
+    assert inv.hosts["node4"].settings.image == "ubuntu-20.04"
 
 
 def test_image_must_be_a_string(tmp_path: Path) -> None:

@@ -15,9 +15,9 @@ def test_node_labels_default_to_none_and_layer_host_over_group(tmp_path: Path) -
     data["groups"]["agent"] = {"vars": {"k3s_node_labels": {"disktype": "ssd"}}}
     data["hosts"]["node3"]["vars"] = {"k3s_node_labels": {"example.com/zone": "rack-2", "gpu": ""}}
     inv = write_inventory(tmp_path, data)
-    assert inv.hosts["node1"].vars["k3s_node_labels"] == {}
-    assert inv.hosts["node2"].vars["k3s_node_labels"] == {"disktype": "ssd"}
-    assert inv.hosts["node3"].vars["k3s_node_labels"] == {"example.com/zone": "rack-2", "gpu": ""}
+    assert inv.hosts["node1"].settings.k3s_node_labels == {}
+    assert inv.hosts["node2"].settings.k3s_node_labels == {"disktype": "ssd"}
+    assert inv.hosts["node3"].settings.k3s_node_labels == {"example.com/zone": "rack-2", "gpu": ""}
 
 
 @pytest.mark.parametrize("labels", [["disktype=ssd"], {"bad key": "x"}, {"ok": "has space"}, {"ok": "x" * 64},

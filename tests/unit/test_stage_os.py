@@ -109,7 +109,7 @@ def test_chrony_in_a_container_does_not_set_the_hosts_clock() -> None:
 def test_logind_dropin_covers_the_grace_period_and_sorts_after_unattended_upgrades(inv: Inventory) -> None:
     text = os_stage.logind_dropin(inv.hosts["node1"])
     delay = int(text.split("InhibitDelayMaxSec=")[1].split()[0])
-    assert delay >= inv.hosts["node1"].vars["kubelet_shutdown_grace_period"] == 30
+    assert delay >= inv.hosts["node1"].settings.shutdown.grace == 30
     assert text.splitlines()[-2:] == ["[Login]", "InhibitDelayMaxSec=30"]
     name = Path(os_stage.LOGIND_DROPIN).name
     names = [name, os_stage.UNATTENDED_UPGRADES_DROPIN, "99-kubelet.conf", "50-picluster.conf"]

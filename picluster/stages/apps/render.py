@@ -163,7 +163,7 @@ class Renderer:
             "metallb_pool": {"first": str(c.metallb_pool[0]), "last": str(c.metallb_pool[1])},
             "server_ips": [str(h.ip) for h in self.inv.servers],
             "gateway_ip": str(gateway.ip) if gateway else "",
-            "timezone": str(self.inv.vars.get("timezone", "UTC")),
+            "timezone": self.inv.settings.timezone,
             "elastic_version": elastic,
             "minio": {"url": minio_url(self.inv), "port": MINIO_PORT, "region": MINIO_REGION,
                       "ca_b64": ca_b64, "cert_chain": chain},

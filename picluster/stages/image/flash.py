@@ -57,7 +57,7 @@ class Report:
 
 def resolve_image(inv: Inventory, host: Host, opts: Options) -> ImageEntry:
     """The image for this run: `--image` if given, else the host's catalog entry."""
-    wanted = host.vars.get("image")
+    wanted = host.settings.image
     catalog = None
     if opts.image is None or wanted is not None:
         catalog = load_catalog(opts.catalog or catalog_path(inv.path))
@@ -189,7 +189,7 @@ def seed_dirs(inv: Inventory, host: Host, boot_dir: Path, root_dir: Path | None,
     """Seed a boot partition the user mounted (and optionally its root partition), then pin the host key."""
     boot = Directory(boot_dir)
     root = Directory(root_dir) if root_dir is not None else None
-    wanted = host.vars.get("image")
+    wanted = host.settings.image
     entry = load_catalog(opts.catalog or catalog_path(inv.path)).get(opts.image or wanted)
     folder = seed_dir(opts.cache, inv, host)
     seed = render(inv, host, folder)
