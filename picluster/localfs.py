@@ -32,10 +32,10 @@ def write_atomic(path: Path, content: str | bytes, mode: int = 0o644, *, dir_mod
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         try:
+            os.fchmod(fd, mode)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fchmod(fd, mode)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -56,3 +56,18 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval:
         if clock() >= deadline:
             raise WaitTimedOut(f"timed out after {timeout:.0f}s waiting for {what}")
         sleep(min(interval, max(0.0, deadline - clock())))
+
+
+#: Overrides where the controller keeps (and looks for) the cluster's kubeconfig.
+KUBECONFIG_ENV = "PICLUSTER_KUBECONFIG"
+
+
+def kubeconfig_path(cluster: str, state_dir: Path | None = None) -> Path:
+    """Return where the controller keeps a cluster's kubeconfig: $PICLUSTER_KUBECONFIG, else `state_dir`
+    (a lab's state folder) / kubeconfig, else $XDG_CONFIG_HOME/picluster/kubeconfig-<cluster>."""
+    if os.environ.get(KUBECONFIG_ENV):
+        return Path(os.environ[KUBECONFIG_ENV]).expanduser()
+    if state_dir is not None:
+        return Path(state_dir) / "kubeconfig"
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "picluster" / f"kubeconfig-{cluster}"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from picluster.localfs import write_atomic
 from picluster.remote.results import HostResult, StageResult
 
 if TYPE_CHECKING:
@@ -88,10 +88,4 @@ def write_json(path: str | Path, results: Sequence[StageResult]) -> None:
 
 def write_report(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
     """Write `data` as JSON atomically: a reader never sees half a report."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False, default=str)
-        f.write("\n")
-    os.replace(tmp, target)
+    write_atomic(Path(path), json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", 0o600)

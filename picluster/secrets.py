@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from picluster.localfs import write_atomic
+
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 ENV_PREFIX = "PICLUSTER_SECRET_"
 _LOCK = threading.Lock()   # stages plan hosts in parallel threads: one value per secret, made once
@@ -70,36 +72,23 @@ def read_secret(name: str) -> str | None:
     return value
 
 
-def _staged(path: Path, value: str) -> Path:
-    """Write `value` to a new 0600 file beside `path` (mkstemp: unique per thread and process)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(value + "\n")
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return Path(tmp)
-
-
 def write_secret(name: str, value: str) -> Path:
     """Store `value` as the secret `name` (0600, directory 0700), replacing it atomically; return the file."""
     path = secret_path(name)
-    tmp = _staged(path, value)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, value + "\n", 0o600, dir_mode=0o700)
     return path
 
 
 def _create_secret(name: str, value: str) -> str:
     """Store `value` unless the secret appeared meanwhile (another process): the first one stored wins."""
     path = secret_path(name)
-    tmp = _staged(path, value)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # NOTE: staged under a unique name, then hard-linked: unlike a rename, a link never replaces a secret
+    # another process stored first, and a reader never sees the file before its value is whole.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(value + "\n")
         os.link(tmp, path)
     except FileExistsError:
         existing = read_secret(name)
@@ -107,7 +96,7 @@ def _create_secret(name: str, value: str) -> str:
             raise SecretError(f"secret {name!r}: {path} appeared but cannot be read") from None
         return existing
     finally:
-        tmp.unlink(missing_ok=True)
+        os.unlink(tmp)
     return value
 
 

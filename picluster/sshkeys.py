@@ -9,11 +9,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import os
-import tempfile
 from pathlib import Path
 
 from picluster.cloudinit import HostKey
+from picluster.localfs import write_atomic
 
 
 def generate_ed25519(comment: str) -> HostKey:
@@ -31,18 +30,7 @@ def generate_ed25519(comment: str) -> HostKey:
 
 def write_private(path: Path, text: str, mode: int = 0o600) -> None:
     """Write atomically with `mode` from the first byte (never briefly world-readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text, mode, dir_mode=0o700)
 
 
 def ensure_keypair(private_path: Path, comment: str) -> HostKey:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+
+from picluster import localfs
 
 T = TypeVar("T")
 
@@ -38,28 +39,10 @@ def run(argv: Sequence[str], *, timeout: float = COMMAND_TIMEOUT, check: bool = 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.2) -> T:
     """Call probe until it returns something other than None/False; raise LabError after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result is not None and result is not False:
-            return result
-        if time.monotonic() >= deadline:
-            raise LabError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-def write_atomic(path: Path, content: str | bytes, mode: int = 0o644) -> None:
-    """Write a file through a temporary name and rename, so readers never see half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = content.encode() if isinstance(content, str) else content
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.write(fd, data)
-        os.fchmod(fd, mode)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        return localfs.wait_for(what, probe, timeout, interval)
+    except localfs.WaitTimedOut as err:
+        raise LabError(str(err)) from None
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -72,7 +55,8 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    """Write `data` as JSON atomically: a reader (or a crash) never leaves half of it."""
+    localfs.write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def pid_cmdline(pid: int) -> list[str]:

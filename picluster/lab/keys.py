@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from picluster.lab.common import write_atomic
+from picluster.localfs import write_atomic
 from picluster.sshkeys import ensure_keypair, generate_ed25519, known_hosts_line
 
 __all__ = ["ensure_keypair", "generate_ed25519", "known_hosts_line", "write_known_hosts"]

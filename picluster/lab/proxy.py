@@ -13,7 +13,8 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from picluster.lab.common import LabError, pid_cmdline, wait_for, write_atomic
+from picluster.lab.common import LabError, pid_cmdline, wait_for
+from picluster.localfs import write_atomic
 
 START_TIMEOUT = 15.0
 

@@ -7,7 +7,7 @@ even after a crash. `systemctl reboot` in the node ends nspawn with exit code 13
 `systemctl poweroff` ends it with 0: we stop. SIGTERM (lab.down) shuts the node down cleanly, and
 kills it if it does not stop within the configured grace.
 
-Only the standard library is imported here: one of these runs per node.
+Only the standard library (and the stdlib-only lab.common) is imported here: one of these runs per node.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from picluster.lab.common import write_json
 
 REBOOT_EXIT = 133
 MAX_REBOOTS = 5          # within REBOOT_WINDOW seconds: a boot loop, stop instead
@@ -103,12 +105,6 @@ def remove_cgroups(dirs: list[Path]) -> None:
         rmdir_tree(d)
 
 
-def _write_state(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def main(config_path: str) -> int:
     cfg = json.loads(Path(config_path).read_text(encoding="utf-8"))
     state_path = Path(cfg["state"])
@@ -137,7 +133,7 @@ def main(config_path: str) -> int:
                              capture_output=True, text=True, timeout=30, check=False)
     if mounted.returncode != 0:
         state.update(state="stopped", reason=f"overlay mount failed: {mounted.stderr.strip()}")
-        _write_state(state_path, state)
+        write_json(state_path, state)
         return 1
 
     reboots: list[float] = []
@@ -148,7 +144,7 @@ def main(config_path: str) -> int:
                                      stderr=subprocess.STDOUT, cwd="/")
             state.update(state="running", nspawn_pid=child.pid, started=time.time(),
                          boots=state["boots"] + 1, reason=None)
-            _write_state(state_path, state)
+            write_json(state_path, state)
             while True:
                 try:
                     rc = child.wait(timeout=0.5)
@@ -174,7 +170,7 @@ def main(config_path: str) -> int:
         subprocess.run(["umount", merged], capture_output=True, timeout=30, check=False)
         remove_cgroups(cgroups)
         state.update(state="stopped", nspawn_pid=None, stopped=time.time())
-        _write_state(state_path, state)
+        write_json(state_path, state)
     return 0
 
 

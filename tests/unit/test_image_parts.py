@@ -8,6 +8,7 @@ import hmac
 import lzma
 import os
 import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from image_support.fake_devices import (
 )
 
 from picluster.cloudinit import CMDLINE_TXT, CONFIG_TXT
-from picluster.sshkeys import generate_ed25519, pin_known_host
+from picluster.sshkeys import ensure_keypair, generate_ed25519, pin_known_host
 from picluster.stages.image import ImageError, bootfix
 from picluster.stages.image.catalog import load_catalog, override
 from picluster.stages.image.devices import parse_lsblk, parse_mounts, refusals
@@ -182,6 +183,23 @@ def test_pinning_replaces_only_the_hosts_own_line(tmp_path: Path) -> None:
     assert known.read_text().splitlines() == [other, f"10.0.0.11 {blob}"]
     assert pin_known_host(known, "10.0.0.11", 2222, key.public)
     assert known.read_text().splitlines()[-1] == f"[10.0.0.11]:2222 {blob}"
+
+
+def test_a_key_pair_is_made_private_once_and_pinning_keeps_the_files_mode(tmp_path: Path) -> None:
+    private = tmp_path / "keys" / "id_ed25519"
+    pair = ensure_keypair(private, "me@controller")
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert stat.S_IMODE(private.with_name("id_ed25519.pub").stat().st_mode) == 0o644
+    assert stat.S_IMODE(private.parent.stat().st_mode) == 0o700
+    assert ensure_keypair(private, "me@controller") == pair
+    assert sorted(p.name for p in private.parent.iterdir()) == ["id_ed25519", "id_ed25519.pub"]
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    known.chmod(0o644)
+    assert pin_known_host(known, "10.0.0.11", 22, pair.public)
+    assert stat.S_IMODE(known.stat().st_mode) == 0o644
+    assert pin_known_host(tmp_path / "new" / "known_hosts", "10.0.0.11", 22, pair.public)
+    assert stat.S_IMODE((tmp_path / "new" / "known_hosts").stat().st_mode) == 0o600
 
 
 def test_secret_from_a_private_file_or_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import yaml
 from image_support.builder import build_raspi_image
 
 from picluster.inventory import Inventory, load_inventory
-from picluster.lab import base, keys, network, node, prereqs, proxy, supervisor
+from picluster.lab import base, common, keys, network, node, prereqs, proxy, supervisor
 from picluster.lab.common import LabError
 from picluster.stages.image.bootfs import FatPartition
 from picluster.stages.image.partitions import file_reader, find_boot
@@ -129,6 +131,36 @@ def test_supervisor_runs_nspawn_booted_unregistered_in_the_nodes_namespace() -> 
     for flag in ("--boot", "--register=no", "--keep-unit", "--directory=/x/root", "--machine=pclab0-node1",
                  "--network-namespace-path=/run/netns/pclab0-node1", "--capability=CAP_NET_ADMIN"):
         assert flag in argv
+
+
+def test_the_supervisor_imports_only_the_standard_library() -> None:
+    # one supervisor runs per node: it must stay light and start without the project's dependencies
+    code = ("import sys; before = set(sys.modules); import picluster.lab.supervisor; "
+            "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
+            "print(' '.join(sorted(new - set(sys.stdlib_module_names))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.split() == ["picluster"]
+
+
+def test_a_lab_wait_that_runs_out_is_a_lab_error_naming_what_it_waited_for() -> None:
+    calls = []
+
+    def never() -> bool:
+        calls.append(1)
+        return False
+
+    with pytest.raises(LabError, match=r"^timed out after 0s waiting for apt-cacher-ng$"):
+        common.wait_for("apt-cacher-ng", never, 0.05, 0.01)
+    assert len(calls) >= 2
+    assert common.wait_for("x", lambda: "up", 0.05) == "up"
+
+
+def test_lab_state_is_json_written_whole(tmp_path: Path) -> None:
+    path = tmp_path / "nodes" / "node1" / "run.json"
+    common.write_json(path, {"state": "running", "boots": 2})
+    assert path.read_text() == '{\n  "boots": 2,\n  "state": "running"\n}\n'
+    assert common.read_json(path) == {"boots": 2, "state": "running"}
+    assert [p.name for p in path.parent.iterdir()] == ["run.json"]
 
 
 def test_prerequisites_fail_in_one_line_without_root(monkeypatch: pytest.MonkeyPatch) -> None:

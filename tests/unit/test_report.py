@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import stat
 from pathlib import Path
 
 from rich.console import Console
 
 from picluster.remote import CommandError, HostResult, StageResult, StepResult
-from picluster.report import print_stage, write_json
+from picluster.report import print_stage, write_json, write_report
 
 
 def stage() -> StageResult:
@@ -87,3 +89,13 @@ def test_json_report_round_trips(tmp_path: Path) -> None:
         "message": "",
     }
     assert os_stage["hosts"][1]["steps"][0]["error"]["exit_code"] == 100
+
+
+def test_a_report_replaces_the_last_one_whole_in_a_folder_made_for_it(tmp_path: Path) -> None:
+    path = tmp_path / "runs" / "report.json"
+    write_report(path, {"run": "first"})
+    write_report(str(path), {"run": "second", "host": "nodo-ñ", "when": datetime.date(2024, 5, 1)})
+    assert path.read_text(encoding="utf-8") == (
+        '{\n  "run": "second",\n  "host": "nodo-ñ",\n  "when": "2024-05-01"\n}\n')
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["report.json"]

@@ -70,6 +70,15 @@ def test_another_process_storing_first_wins(home: Path, monkeypatch: pytest.Monk
 
     assert secrets.ensure_secret("raced", racing) == "theirs"
     assert (home / "raced").read_text() == "theirs\n"
+    assert [p.name for p in home.iterdir()] == ["raced"]             # our staged copy is gone
+
+
+def test_a_stored_secret_is_replaced_whole_and_stays_private(home: Path) -> None:
+    secrets.write_secret("rotated", "old")
+    path = secrets.write_secret("rotated", "new")
+    assert path == home / "rotated" and path.read_text() == "new\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert [p.name for p in home.iterdir()] == ["rotated"]
 
 
 def test_a_dry_run_reads_but_never_makes_a_secret() -> None:

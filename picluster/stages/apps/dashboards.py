@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from picluster.lab.common import write_atomic
+from picluster.localfs import write_atomic
 from picluster.versions import GrafanaDashboard
 
 GRAFANA_COM = "https://grafana.com"
@@ -73,6 +73,5 @@ def fetch(folder: Path, d: GrafanaDashboard) -> dict[str, Any]:
     if len(raw) > MAX_BYTES:
         raise DashboardError(f"dashboard {d.name} ({d.label}): {url} sent more than {MAX_BYTES} bytes")
     data = _parse(d, raw, url)
-    folder.mkdir(parents=True, exist_ok=True)
     write_atomic(cache_path(folder, d), raw)
     return data

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from picluster.localfs import write_atomic
 
 CA_NAME = "picluster CA"
 VALID_DAYS = 3650
@@ -30,15 +31,6 @@ class ServerPki:
     def chain_pem(self) -> str:
         """The server certificate followed by the CA (what Longhorn's AWS_CERT wants)."""
         return self.cert_pem + self.ca_pem
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def load(folder: Path, name: str) -> ServerPki | None:
@@ -64,6 +56,7 @@ def ensure(folder: Path, name: str, address: str) -> ServerPki:
         return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                                  serialization.NoEncryption())
 
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key_path, ca_path = folder / "CA.key", folder / "CA.pem"
     if ca_key_path.is_file() and ca_path.is_file():
@@ -83,8 +76,8 @@ def ensure(folder: Path, name: str, address: str) -> ServerPki:
                                                 key_agreement=False, key_cert_sign=True, crl_sign=True,
                                                 encipher_only=False, decipher_only=False), critical=True)
                    .sign(ca_key, hashes.SHA256()))
-        _write(ca_key_path, pem_key(ca_key), 0o600)
-        _write(ca_path, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_atomic(ca_key_path, pem_key(ca_key), 0o600)
+        write_atomic(ca_path, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -97,8 +90,8 @@ def ensure(folder: Path, name: str, address: str) -> ServerPki:
                            critical=False)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))
-    _write(folder / f"{name}.key", pem_key(key), 0o600)
-    _write(folder / f"{name}.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(folder / f"{name}.key", pem_key(key), 0o600)
+    write_atomic(folder / f"{name}.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
     found = load(folder, name)
     assert found is not None
     return found
