@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,23 @@ class Files(Protocol):
     def read_many(self, names: list[str]) -> dict[str, bytes | None]: ...
 
     def write_many(self, files: dict[str, tuple[bytes, int]]) -> None: ...
+
+
+class OneAtATime(ABC):
+    """Files read and written one by one: `read_many` and `write_many` in terms of `read` and `write`."""
+
+    @abstractmethod
+    def read(self, name: str) -> bytes | None: ...
+
+    @abstractmethod
+    def write(self, name: str, data: bytes, mode: int = 0o644) -> None: ...
+
+    def read_many(self, names: list[str]) -> dict[str, bytes | None]:
+        return {name: self.read(name) for name in names}
+
+    def write_many(self, files: dict[str, tuple[bytes, int]]) -> None:
+        for name, (data, mode) in files.items():
+            self.write(name, data, mode)
 
 
 @contextmanager
@@ -111,7 +129,7 @@ class FatPartition:
             raise ImageError(f"cannot write {', '.join(files)} to {self.where}: {_last(out.stderr)}", code=1)
 
 
-class Directory:
+class Directory(OneAtATime):
     """A mounted partition (or any folder): files under `root`."""
 
     def __init__(self, root: Path) -> None:
@@ -131,13 +149,6 @@ class Directory:
             return self._path(name).read_bytes()
         except FileNotFoundError:
             return None
-
-    def read_many(self, names: list[str]) -> dict[str, bytes | None]:
-        return {name: self.read(name) for name in names}
-
-    def write_many(self, files: dict[str, tuple[bytes, int]]) -> None:
-        for name, (data, mode) in files.items():
-            self.write(name, data, mode)
 
     def write(self, name: str, data: bytes, mode: int = 0o644) -> None:
         path = self._path(name)

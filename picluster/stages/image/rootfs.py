@@ -7,10 +7,10 @@ import posixpath
 import tempfile
 
 from picluster.stages.image import ImageError
-from picluster.stages.image.bootfs import plain_link, run_tool
+from picluster.stages.image.bootfs import OneAtATime, plain_link, run_tool
 
 
-class ExtPartition:
+class ExtPartition(OneAtATime):
     """The ext2/3/4 file system that starts `offset` bytes into `disk`."""
 
     def __init__(self, disk: str, offset: int) -> None:
@@ -38,13 +38,6 @@ class ExtPartition:
                         return f.read()
                 except FileNotFoundError:
                     raise ImageError(f"cannot read {name} from {self.where}", code=1) from None
-
-    def read_many(self, names: list[str]) -> dict[str, bytes | None]:
-        return {name: self.read(name) for name in names}
-
-    def write_many(self, files: dict[str, tuple[bytes, int]]) -> None:
-        for name, (data, mode) in files.items():
-            self.write(name, data, mode)
 
     def write(self, name: str, data: bytes, mode: int = 0o644) -> None:
         """Replace (or create) `name` (its folder must exist), owned by root with `mode`; read back to check."""
