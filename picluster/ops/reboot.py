@@ -9,7 +9,6 @@ the roll, and the error names it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,44 +17,29 @@ from picluster.inventory import Host
 from picluster.kube import Kube, KubeError
 from picluster.kube.rolling import NodeSteps, RollingError, kube_steps, rolling
 from picluster.ops.shutdown import Timeline
+from picluster.remote.reboot import NotBack, read_boot_id, reboot_script, wait_new_boot
 
-REBOOT_DELAY_S = 2
 BACK_WAIT_S = 600.0
 
 
-class NotBack(Exception):
-    """A node did not come back after its reboot (or could not be asked to reboot)."""
+def rolling_reboot_script() -> str:
+    """Return the command that reboots a node of the roll, a moment after the SSH command returns."""
+    return reboot_script("picluster-rolling-reboot-$(date +%s)", "picluster: rolling reboot")
 
 
-def reboot_script(delay: int = REBOOT_DELAY_S) -> str:
-    """Schedule a reboot `delay` seconds ahead, so the SSH command returns before the host goes down."""
-    return (f"systemd-run --quiet --on-active={delay} --unit=picluster-rolling-reboot-$(date +%s) "
-            "--description='picluster: rolling reboot' systemctl reboot")
-
-
-def ssh_reboot(host: Host, *, wait_s: float = BACK_WAIT_S, poll_s: float = 2.0,
+def ssh_reboot(host: Host, *, wait_s: float = BACK_WAIT_S, poll_s: float = 1.0,
                reader: Callable[[Host, float], str | None] | None = None,
                command: Callable[[Host, str], str] | None = None) -> float:
     """Reboot one host over SSH and wait (bounded) until it answers with a new boot id; return the seconds."""
-    from picluster.state.reboot import quiet_ssh_errors, read_boot_id
-
     read = reader or read_boot_id
     run = command or _run
     old = read(host, 10.0)
     if not old:
         raise NotBack(f"{host.name} does not answer SSH, so it was not rebooted")
-    why = run(host, reboot_script())
+    why = run(host, rolling_reboot_script())
     if why:
         raise NotBack(f"{host.name}: the reboot could not be scheduled: {why}")
-    start = time.monotonic()
-    with quiet_ssh_errors():
-        while time.monotonic() - start < wait_s:
-            time.sleep(poll_s)
-            now = read(host, min(10.0, poll_s * 3))
-            if now and now != old:
-                return time.monotonic() - start
-    raise NotBack(f"{host.name} did not come back within {wait_s:.0f}s after its reboot (same boot id or no "
-                  "SSH answer); look at its console or power")
+    return wait_new_boot(host, old, wait_s=wait_s, poll_s=poll_s, reader=read)  # type: ignore[arg-type]
 
 
 def _run(host: Host, script: str) -> str:

@@ -10,7 +10,8 @@ from typing import Any
 from picluster import secrets
 from picluster.inventory import Host, Inventory
 from picluster.ops.check import INFRA_TESTS, GateResult, run_gate
-from picluster.remote import HostResult, StageResult, run_stage
+from picluster.remote import HostResult, StageResult, StepResult
+from picluster.remote.phases import RunOptions, run_phases
 from picluster.stages import PREFLIGHT, Stage
 
 
@@ -55,54 +56,67 @@ class UpRun:
         return {"dry_run": self.dry_run, "failed": self.failed, "stages": [o.to_dict() for o in self.outcomes]}
 
 
-def _hosts_for(stage: Stage, hosts: Sequence[Host]) -> list[Host]:
+def hosts_for(stage: Stage, hosts: Sequence[Host]) -> list[Host]:
+    """Return the hosts among `hosts` that have a role `stage` acts on."""
     return [h for h in hosts if h.role in stage.roles]
+
+
+@dataclass
+class Watchers:
+    """What a caller wants to hear while a run goes: a stage starts, a host is done, a gate starts."""
+
+    stage_start: Callable[[Stage, int], None] | None = None
+    host_done: Callable[[HostResult], None] | None = None
+    gate_start: Callable[[str, int], None] | None = None
+    controller_step: Callable[[StepResult], None] | None = None
+
+
+def run_stage_with_gate(inv: Inventory, stage: Stage, hosts: Sequence[Host], options: RunOptions, *,
+                        watch: Watchers | None = None, gate: bool = True, suites: Path = INFRA_TESTS) -> StageOutcome:
+    """Run one stage's phases on its hosts among `hosts`, then its gate: the one way every task runs a stage.
+
+    The gate (the stage's testinfra checks) runs when the stage did not fail, unless this is a dry run
+    or `gate` is off.
+    """
+    watch = watch or Watchers()
+    targets = hosts_for(stage, hosts)
+    outcome = StageOutcome(stage, [h.name for h in targets])
+    if not targets:
+        outcome.skipped = "no selected host has a role this stage acts on"
+        return outcome
+    if watch.stage_start is not None:
+        watch.stage_start(stage, len(targets))
+    with secrets.dry_run(options.dry_run):    # a dry run makes no secret, CA or token on first use
+        outcome.result = run_phases(stage.name, targets, stage.phases(inv, options), options,
+                                    on_host_done=watch.host_done, on_controller_step=watch.controller_step)
+    outcome.hosts = [h.host for h in outcome.result.hosts]
+    if not outcome.failed and stage.gate and gate and not options.dry_run:
+        if watch.gate_start is not None:
+            watch.gate_start(stage.gate, len(targets))
+        outcome.gate = run_gate(inv, stage.gate, targets, suites=suites)
+    return outcome
 
 
 def up(
     inv: Inventory,
     stages: Sequence[Stage],
+    options: RunOptions,
     *,
-    limit: Sequence[str] | None = None,
-    dry_run: bool = False,
-    parallel: int = 10,
-    on_stage_start: Callable[[Stage, int], None] | None = None,
-    on_host_done: Callable[[HostResult], None] | None = None,
-    on_gate_start: Callable[[str, int], None] | None = None,
+    watch: Watchers | None = None,
     suites: Path = INFRA_TESTS,
 ) -> UpRun:
-    """Run preflight and then `stages` on the inventory's hosts (narrowed by `limit`).
+    """Run preflight and then `stages` on the inventory's hosts (narrowed by the options' limit).
 
     Each stage that changes hosts is followed by its gate (its testinfra checks; not in a dry run).
     A stage or gate that fails stops the run: later stages are reported as skipped with the reason.
     """
-    hosts = inv.select(limit=limit)
-    run = UpRun(dry_run=dry_run)
-    blocked = ""
+    hosts = inv.select(limit=sorted(options.limit) if options.limit is not None else None)
+    run = UpRun(dry_run=options.dry_run)
     for stage in (PREFLIGHT, *stages):
-        targets = _hosts_for(stage, hosts)
-        outcome = StageOutcome(stage, [h.name for h in targets])
-        run.outcomes.append(outcome)
-        if blocked:
-            outcome.skipped = blocked
-        elif not targets:
-            outcome.skipped = "no selected host has a role this stage acts on"
-        elif stage.plan is None:
-            outcome.skipped = f"not built yet (issue #{stage.issue})"
-        else:
-            if on_stage_start is not None:
-                on_stage_start(stage, len(targets))
-            with secrets.dry_run(dry_run):    # a dry run makes no secret, CA or token on first use
-                outcome.result = run_stage(stage.name, targets, stage.plan(inv), dry_run=dry_run,
-                                           parallel=parallel, on_host_done=on_host_done, check=False)
-                if stage.controller is not None and not outcome.failed:
-                    controller = stage.controller(inv, dry_run)
-                    outcome.result.hosts.append(controller)
-                    outcome.hosts.append(controller.host)
-            if not outcome.failed and stage.gate and not dry_run:
-                if on_gate_start is not None:
-                    on_gate_start(stage.gate, len(targets))
-                outcome.gate = run_gate(inv, stage.gate, targets, suites=suites)
-            if outcome.failed:
-                blocked = f"stage {stage.name} failed"
+        if run.failed:
+            failed = next(o.stage.name for o in run.outcomes if o.failed)
+            run.outcomes.append(StageOutcome(stage, [h.name for h in hosts_for(stage, hosts)],
+                                             skipped=f"stage {failed} failed"))
+            continue
+        run.outcomes.append(run_stage_with_gate(inv, stage, hosts, options, watch=watch, suites=suites))
     return run

@@ -8,7 +8,7 @@ import re
 import secrets
 import shlex
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -16,6 +16,7 @@ from invoke.context import Context
 from invoke.exceptions import CommandTimedOut
 from paramiko.ssh_exception import SSHException
 
+from picluster.remote.reboot import REBOOTING, NotBack, rebooting_from
 from picluster.remote.results import CommandError, StepResult, StepStatus
 from picluster.remote.step import AnyStep, Change, Command, HostRun, Ok, ProbeOutput, StepError
 
@@ -212,10 +213,13 @@ def run_steps(
     dry_run: bool,
     run: HostRun,
     command_timeout: float | None = None,
+    reboot: Callable[[str], Context] | None = None,
 ) -> list[StepResult]:
     """Run `steps` in order on one host; stop after the first failed step.
 
-    A command running longer than `command_timeout` seconds is stopped and fails its step.
+    A command running longer than `command_timeout` seconds is stopped and fails its step. A step that
+    scheduled a reboot (the `rebooting` mark) is followed by `reboot(old boot id)`, which waits until the
+    host is back and returns the new connection the later steps use.
     """
     ex = Executor(c, sudo=sudo, command_timeout=command_timeout)
     results: list[StepResult] = []
@@ -223,4 +227,25 @@ def run_steps(
         results.append(run_step(ex, step, run, dry_run=dry_run))
         if results[-1].status == "failed":
             break
+        old_boot = rebooting_from(run.marks)
+        if old_boot is None:
+            continue
+        run.marks = {m for m in run.marks if not m.startswith(REBOOTING)}
+        if dry_run:
+            continue
+        if reboot is None:
+            results.append(StepResult("wait for the reboot", "failed", 0.0,
+                                      message="a step scheduled a reboot, but this runner cannot wait for one"))
+            break
+        waited = time.monotonic()
+        try:
+            c = reboot(old_boot)
+        except NotBack as err:
+            results.append(StepResult("wait for the reboot", "failed", time.monotonic() - waited,
+                                      message=f"{err}; then run the stage again"))
+            break
+        ex = Executor(c, sudo=sudo, command_timeout=command_timeout)
+        took = time.monotonic() - waited
+        results.append(StepResult("wait for the reboot", "ok", took,
+                                  reason=f"back after {took:.0f}s with a new boot id"))
     return results

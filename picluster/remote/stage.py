@@ -5,24 +5,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import TypeVar
 
-from fabric import Config
+from fabric import Config, Connection
 
 from picluster.remote.connect import DEFAULT_TIMEOUT, Unreachable, connect
 from picluster.remote.execute import LOST, run_steps
+from picluster.remote.reboot import BOOT_WAIT_S, NotBack, wait_new_boot
 from picluster.remote.results import HostResult, HostStatus, StageFailed, StageResult, StepResult
 from picluster.remote.step import NEEDS_REBOOT, AnyStep, HostRun
 from picluster.remote.target import HostLike
 
 H = TypeVar("H", bound=HostLike)
-
-
-@runtime_checkable
-class SelectsHosts(Protocol):
-    """A planner that must know which hosts a run covers (k3s: its rolling upgrade touches only those)."""
-
-    def select_hosts(self, names: frozenset[str]) -> None: ...
 
 
 def run_host(
@@ -34,8 +28,13 @@ def run_host(
     timeout: float = DEFAULT_TIMEOUT,
     command_timeout: float | None = None,
     config: Config | None = None,
+    reboot_wait: float = BOOT_WAIT_S,
 ) -> HostResult:
-    """Connect to one host and run its planned steps; never raises."""
+    """Connect to one host and run its planned steps; never raises.
+
+    A step that schedules a reboot is waited for here (a new boot id within `reboot_wait` seconds), and
+    the steps after it run on a new connection.
+    """
     start = time.monotonic()
 
     def done(status: HostStatus, message: str = "", steps: list[StepResult] | None = None) -> HostResult:
@@ -51,11 +50,25 @@ def run_host(
         conn = connect(host.ssh, name=host.name, first_contact=first_contact, timeout=timeout, config=config)
     except Unreachable as e:
         return done("unreachable", message=str(e))
+    opened = [conn]
+
+    def reconnect_after_reboot(old_boot: str) -> Connection:
+        for c in opened:
+            c.close()
+        wait_new_boot(host, old_boot, wait_s=reboot_wait)
+        try:
+            opened.append(connect(host.ssh, name=host.name, timeout=timeout, config=config))
+        except Unreachable as e:
+            raise NotBack(f"{host.name} came back from its reboot but refused SSH: {e}") from e
+        return opened[-1]
+
     try:
         sudo = conn.user != "root"
-        results = run_steps(conn, steps, sudo=sudo, dry_run=dry_run, run=run, command_timeout=command_timeout)
+        results = run_steps(conn, steps, sudo=sudo, dry_run=dry_run, run=run, command_timeout=command_timeout,
+                            reboot=reconnect_after_reboot)
     finally:
-        conn.close()
+        for c in opened:
+            c.close()
     statuses = {r.status for r in results}
     status: HostStatus = "failed" if "failed" in statuses else "changed" if "changed" in statuses else "ok"
     last = results[-1] if results else None
@@ -93,8 +106,6 @@ def run_stage(
     `StageFailed` at the end if any host failed or was unreachable; it carries the full result.
     """
     start = time.monotonic()
-    if isinstance(plan, SelectsHosts):
-        plan.select_hosts(frozenset(h.name for h in hosts))
 
     def one(host: H) -> HostResult:
         result = run_host(

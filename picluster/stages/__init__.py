@@ -1,95 +1,96 @@
-"""The stages of `cluster.up`, in order: which hosts each one acts on, its steps and its gate."""
+"""The stages of `cluster.up`, in order: the roles each acts on, its phases and its gate.
+
+A stage is host phases (steps on every host at once) and controller phases (work on this machine, which
+may run host steps on chosen hosts), run in order by `picluster.remote.phases.run_phases`. A new stage or
+operation is a `Stage` whose `phases(inventory, options)` returns them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from picluster.inventory import Host, Inventory
-from picluster.remote import AnyStep, HostResult
+from picluster.inventory import Inventory
+from picluster.remote.phases import HostPhase, Phase, RunOptions
 
-Plan = Callable[[Inventory], Callable[[Host], Sequence[AnyStep]]]
-# Work a stage does from the controller itself (not over SSH), after its hosts: one result row "controller".
-ControllerRun = Callable[[Inventory, bool], HostResult]
+Phases = Callable[[Inventory, RunOptions], Sequence[Phase]]
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage: the roles it touches, how it plans each host, and the testinfra gate that follows."""
+    """One stage: the roles it touches, its phases, and the testinfra gate that follows."""
 
     name: str
     roles: tuple[str, ...]
     summary: str
-    plan: Plan | None = None
+    phases: Phases
     gate: str | None = None  # runs tests/infra/test_<gate>.py after the stage
-    issue: int | None = None
-    controller: ControllerRun | None = None  # (inventory, dry_run) -> the controller's result, after the hosts
-
-    @property
-    def built(self) -> bool:
-        return self.plan is not None
 
 
-def _preflight_plan(inv: Inventory) -> Callable[[Host], Sequence[AnyStep]]:
+def _preflight(inv: Inventory, options: RunOptions) -> list[Phase]:
     from picluster.state.cloud_init import CloudInitDone
 
-    return lambda host: [CloudInitDone()]
+    return [HostPhase("ssh and cloud-init", lambda host: [CloudInitDone()])]
 
 
-def _os_plan(inv: Inventory) -> Callable[[Host], Sequence[AnyStep]]:
+def _os(inv: Inventory, options: RunOptions) -> list[Phase]:
     from picluster.stages.os import plan
 
-    return plan(inv)
+    return [HostPhase("os", plan(inv))]
 
 
-def _gateway_plan(inv: Inventory) -> Callable[[Host], Sequence[AnyStep]]:
+def _gateway(inv: Inventory, options: RunOptions) -> list[Phase]:
     from picluster.stages.gateway import plan
 
-    return plan(inv)
+    return [HostPhase("gateway", plan(inv))]
 
 
-def _k3s_plan(inv: Inventory) -> Callable[[Host], Sequence[AnyStep]]:
-    from picluster.stages.k3s import plan
+def _k3s(inv: Inventory, options: RunOptions) -> Sequence[Phase]:
+    from picluster.stages.k3s import phases
 
-    return plan(inv)
+    return phases(inv, options)
 
 
-def _apps_plan(inv: Inventory) -> Callable[[Host], Sequence[AnyStep]]:
+def _apps(inv: Inventory, options: RunOptions) -> list[Phase]:
+    from picluster.remote.phases import ControllerPhase
+    from picluster.stages.apps.engine import run_releases
     from picluster.stages.backup import plan
     from picluster.stages.k3s import local_path_kept_non_default
 
     backups = plan(inv)
-    return lambda host: [*backups(host), *local_path_kept_non_default(host)]
-
-
-def _apps_releases(inv: Inventory, dry_run: bool) -> HostResult:
-    from picluster.stages.apps.engine import run_releases
-
-    return run_releases(inv, dry_run=dry_run)
+    releases = ControllerPhase("helm releases", lambda ctx: run_releases(
+        inv, dry_run=ctx.options.dry_run, only=ctx.options.releases, on_release=ctx.on_step).steps)
+    if options.releases_only:
+        return [releases]
+    return [HostPhase("backups", lambda host: [*backups(host), *local_path_kept_non_default(host)]), releases]
 
 
 PREFLIGHT = Stage("preflight", ("gateway", "server", "agent"),
-                  "every host answers over SSH and cloud-init has finished", plan=_preflight_plan, gate="base")
+                  "every host answers over SSH and cloud-init has finished", _preflight, gate="base")
 
-# Not built yet: each names the issue that builds it, and `cluster.up` reports it as skipped.
 STAGES: tuple[Stage, ...] = (
-    Stage("os", ("gateway", "server", "agent"), "packages, time, kernel settings, SSH hardening",
-          plan=_os_plan, gate="os", issue=5),
-    Stage("gateway", ("gateway",), "firewall, DHCP/DNS, NTP server, external-node logging",
-          plan=_gateway_plan, gate="gateway", issue=5),
-    Stage("k3s", ("server", "agent"), "K3S server and agents with graceful node shutdown",
-          plan=_k3s_plan, gate="k3s", issue=6),
-    Stage("apps", ("gateway", "server", "agent"), "backups on the hosts, then the platform's Helm releases",
-          plan=_apps_plan, gate="apps", issue=7, controller=_apps_releases),
+    Stage("os", ("gateway", "server", "agent"), "packages, time, kernel settings, SSH hardening", _os, gate="os"),
+    Stage("gateway", ("gateway",), "firewall, DHCP/DNS, NTP server, external-node logging", _gateway,
+          gate="gateway"),
+    Stage("k3s", ("server", "agent"), "K3S server and agents with graceful node shutdown", _k3s, gate="k3s"),
+    Stage("apps", ("gateway", "server", "agent"), "backups on the hosts, then the platform's Helm releases", _apps,
+          gate="apps"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def by_name(name: str) -> Stage:
+    """Return the stage called `name` (ValueError naming the stages when there is none)."""
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGE_NAMES)}")
 
 
 def select(only: Sequence[str] | None = None, start: str | None = None) -> list[Stage]:
     """The stages to run: all, those named in `only`, or from `start` on; unknown names raise ValueError."""
     for name in [*(only or []), *([start] if start else [])]:
-        if name not in STAGE_NAMES:
-            raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGE_NAMES)}")
+        by_name(name)
     stages = list(STAGES)
     if start:
         stages = stages[STAGE_NAMES.index(start):]

@@ -23,7 +23,7 @@ from picluster.state.cloud_init import CloudInitDone
 from picluster.state.dpkg import DpkgConsistent
 from picluster.state.hostname import Hostname
 from picluster.state.hosts_entry import HostsEntry
-from picluster.state.reboot import AwaitBoot, Reboot
+from picluster.state.reboot import Reboot
 from picluster.state.shared_kernel import ModulesLoaded, SysctlsSet
 from picluster.state.snaps import SnapsRemoved
 from picluster.state.sshd import SshdHardening
@@ -121,7 +121,6 @@ def host_steps(inv: Inventory, host: Host) -> list[AnyStep]:
         Batch("dpkg consistent, snapd removed", [DpkgConsistent(), SnapsRemoved()]),
         Apt(packages(host)),
         Batch("kernel cmdline, reboot if it changed", [CmdlineArgs(list(CGROUP_ARGS)), Reboot()]),
-        AwaitBoot(host),
         Batch("kernel modules, sysctls, swap", [ModulesLoaded(MODULES), SysctlsSet(SYSCTLS), SwapOff()]),
         Batch("chrony, multipath, logind files", [
             File(CHRONY_CONF, chrony_conf(inv, host)),

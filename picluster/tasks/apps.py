@@ -5,7 +5,8 @@ from __future__ import annotations
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from picluster.tasks._common import INVENTORY_HELP, USAGE_ERROR, load, require_reachable, split_names
+from picluster.tasks._common import INVENTORY_HELP, USAGE_ERROR, load, split_names
+from picluster.tasks._stage import apply_stage, run_options
 
 RELEASES_HELP = "only these releases, comma-separated (in dependency order; see k8s/releases.yml)"
 
@@ -26,48 +27,15 @@ def apply(c: Context, inventory: str | None = None, dry_run: bool = False, only:
           releases_only: bool = False, limit: str | None = None, parallel: int = 10, verbose: bool = False,
           report: str | None = None, no_checks: bool = False) -> None:
     """Minio and restic on the hosts, then every release in dependency order (helm upgrade --install); checks."""
-    from picluster import secrets
-    from picluster.inventory import InventoryError
-    from picluster.ops.check import run_gate
-    from picluster.remote import StageResult, run_stage
-    from picluster.report import print_stage, write_json
-    from picluster.stages import STAGES
-    from picluster.stages.apps.engine import run_releases
     from picluster.stages.apps.spec import SpecError, load_releases
 
-    stage = next(s for s in STAGES if s.name == "apps")
-    assert stage.plan is not None
-    inv = load(inventory)
-    names = split_names(only)
+    options = run_options(limit=limit, dry_run=dry_run, parallel=parallel, releases=only,
+                          releases_only=releases_only)
     try:
-        load_releases().ordered(names)
-        hosts = [h for h in inv.select(limit=split_names(limit)) if h.role in stage.roles]
-    except (SpecError, InventoryError) as err:
+        load_releases().ordered(options.releases)
+    except SpecError as err:
         raise Exit(f"error: {err}", code=USAGE_ERROR) from None
-    result = StageResult("apps", dry_run, 0.0)
-    with secrets.dry_run(dry_run):    # a dry run makes no secret or CA on first use
-        if not releases_only and hosts:
-            require_reachable(inv)
-            result = run_stage("apps", hosts, stage.plan(inv), dry_run=dry_run, parallel=parallel, check=False)
-        if not result.failures:
-            result.hosts.append(run_releases(inv, dry_run=dry_run, only=names,
-                                             on_release=lambda r: print(f"  {r.status:<8} {r.name}", flush=True)))
-    print_stage(result, verbose=verbose)
-    if report:
-        write_json(report, [result])
-    if result.failures:
-        from picluster.remote import StageFailed
-
-        raise Exit(str(StageFailed(result)), code=1)
-    if dry_run or no_checks or not hosts or stage.gate is None:
-        return
-    gate = run_gate(inv, stage.gate, hosts)
-    print(f"checks {stage.gate}: {'ok' if gate.ok else 'FAILED'}: {gate.passed} passed, {gate.failed} failed, "
-          f"{gate.skipped} skipped ({gate.duration:.1f}s)")
-    for line in gate.failures:
-        print(f"  {line}")
-    if not gate.ok:
-        raise Exit("the apps stage ran, but its checks failed: see above", code=1)
+    apply_stage("apps", inventory, options, verbose=verbose, report=report, no_checks=no_checks)
 
 
 @task(help={"inventory": INVENTORY_HELP, "only": RELEASES_HELP})

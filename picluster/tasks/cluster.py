@@ -8,6 +8,7 @@ from invoke import Context, task
 from invoke.exceptions import Exit
 
 from picluster.tasks._common import INVENTORY_HELP, USAGE_ERROR, load, require_reachable, split_names
+from picluster.tasks._stage import AIRGAP_HELP, run_options
 
 if TYPE_CHECKING:
     from picluster.inventory import Host, Inventory
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
         "parallel": "how many hosts at once (default 10)",
         "verbose": "show each step's reason or diff",
         "report": "also write the result as JSON to this file",
+        "airgap": AIRGAP_HELP,
     },
 )
 def up(
@@ -36,32 +38,32 @@ def up(
     parallel: int = 10,
     verbose: bool = False,
     report: str | None = None,
+    airgap: str | None = None,
 ) -> None:
     """Bring the cluster up: preflight, then os → gateway → k3s → apps, each followed by its checks."""
     from picluster import stages as stage_catalog
     from picluster.inventory import InventoryError
     from picluster.ops.summary import HostProgress, print_up
+    from picluster.ops.up import Watchers
     from picluster.ops.up import up as run_up
     from picluster.report import write_report
 
     inv = load(inventory)
-    if parallel < 1:
-        raise Exit("error: --parallel must be 1 or more", code=USAGE_ERROR)
+    options = run_options(limit=limit, dry_run=dry_run, parallel=parallel, airgap=airgap)
     try:
         stages = stage_catalog.select(split_names(only), from_)
     except ValueError as err:
         raise Exit(f"error: {err}", code=USAGE_ERROR) from None
-    limit_names = split_names(limit)
     try:
-        inv.select(limit=limit_names)
+        inv.select(limit=split_names(limit))
     except InventoryError as err:
         raise Exit(f"error: {err}", code=USAGE_ERROR) from None
     require_reachable(inv)
 
     with HostProgress() as progress:
-        run = run_up(inv, stages, limit=limit_names, dry_run=dry_run, parallel=parallel,
-                     on_stage_start=progress.start_stage, on_host_done=progress.host_done,
-                     on_gate_start=progress.start_gate)
+        run = run_up(inv, stages, options, watch=Watchers(stage_start=progress.start_stage,
+                                                          host_done=progress.host_done,
+                                                          gate_start=progress.start_gate))
     print_up(run, verbose=verbose)
     if report:
         write_report(report, run.to_dict())
