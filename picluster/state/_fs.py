@@ -109,6 +109,15 @@ def write_command(
     return Command("\n".join(lines), stdin=base64.b64encode(data) + b"\n")
 
 
+def rewrite_command(path: str, old: bytes | None, data: bytes, *, mode: int | None = 0o644,
+                    owner: str | None = "root", group: str | None = "root") -> Command:
+    """Return the write of `data` over `path`: a new file (`old` None) gets these attributes, an existing one
+    keeps its own."""
+    if old is None:
+        return write_command(path, data, mode=mode, owner=owner, group=group)
+    return write_command(path, data, mode=None, owner=None, group=None)
+
+
 def as_text(data: bytes) -> str:
     """Decode file bytes without losing any (undecodable bytes survive a round trip)."""
     return data.decode("utf-8", "surrogateescape")

@@ -28,6 +28,7 @@ from picluster.state._fs import (
     parse_content,
     parse_stat,
     q,
+    rewrite_command,
     single_line,
     stat_probe,
     text_diff,
@@ -205,10 +206,7 @@ class Line:
                 return Ok(f"{self.path} has the line {self.line!r}")
             return Ok(f"{self.path} has no line matching {self.pattern.pattern!r}")
         data = as_bytes(new)
-        if facts.content is None:
-            write = write_command(self.path, data, mode=self.mode, owner=self.owner, group=self.group)
-        else:
-            write = write_command(self.path, data, mode=None, owner=None, group=None)
+        write = rewrite_command(self.path, facts.content, data, mode=self.mode, owner=self.owner, group=self.group)
         return Change(text_diff(self.path, facts.content, data), [write], sets=content_marks(self.path))
 
 

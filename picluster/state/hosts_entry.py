@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from picluster.remote import Change, Decision, Ok, ProbeOutput
-from picluster.state._fs import as_bytes, as_text, content_probe, parse_content, text_diff, write_command
+from picluster.state._fs import as_bytes, as_text, content_probe, parse_content, rewrite_command, text_diff
 
 HOSTS = "/etc/hosts"
 
@@ -71,7 +71,4 @@ class HostsEntry:
         else:
             lines.append(line)
         data = as_bytes("\n".join(lines) + "\n")
-        mode = 0o644 if facts.content is None else None
-        owner = "root" if facts.content is None else None
-        return Change(text_diff(HOSTS, facts.content, data), [write_command(HOSTS, data, mode=mode, owner=owner,
-                                                                            group=owner)])
+        return Change(text_diff(HOSTS, facts.content, data), [rewrite_command(HOSTS, facts.content, data)])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from picluster.remote import NEEDS_REBOOT, Change, Command, Decision, Ok, ProbeOutput, StepError
@@ -13,9 +13,9 @@ from picluster.state._fs import (
     content_probe,
     parse_content,
     q,
+    rewrite_command,
     single_line,
     text_diff,
-    write_command,
 )
 from picluster.state.files import content_marks, edit_lines
 
@@ -32,14 +32,59 @@ class PersistedFacts:
     persisted: bytes | None
 
 
-def _persist(path: str, old: bytes | None, new: str) -> tuple[str, Command]:
-    """Return the diff and the command that writes `new` text over `path` (created 0644 root)."""
-    data = as_bytes(new)
-    if old is None:
-        write = write_command(path, data, mode=0o644, owner="root", group="root")
-    else:
-        write = write_command(path, data, mode=None, owner=None, group=None)
-    return text_diff(path, old, data), write
+Entry = tuple[str, re.Pattern[str]]   # a line of a persisting file, and the pattern of the lines it replaces
+
+
+def sysctl_value(key: str, value: str | int) -> str:
+    """Return `value` as sysctl prints it: one line, its words separated by single spaces."""
+    return " ".join(single_line(str(value), f"sysctl {key}").split())
+
+
+def sysctl_probe(key: str) -> str:
+    """Return the probe that prints the key's runtime value."""
+    return f"sysctl -n -- {q(key)}"
+
+
+def sysctl_runtime(out: ProbeOutput) -> str | None:
+    """Return the runtime value with whitespace normalised (sysctl separates numbers with tabs), None if unreadable."""
+    return " ".join(out.stdout.split()) if out.ok else None
+
+
+def sysctl_set(key: str, value: str) -> Command:
+    """Return the command that sets the runtime value."""
+    return Command(f"sysctl -q -w -- {q(f'{key}={value}')}")
+
+
+def sysctl_entry(key: str, value: str) -> Entry:
+    """Return the sysctl.d line for the key, replacing any line that sets it."""
+    return f"{key} = {value}", re.compile(r"^\s*" + re.escape(key) + r"\s*=")
+
+
+def module_probe(module: str) -> str:
+    """Return the probe that succeeds when the module is loaded or built in."""
+    return f"test -d {q('/sys/module/' + module.replace('-', '_'))}"
+
+
+def module_load(module: str) -> Command:
+    """Return the command that loads the module."""
+    return Command(f"modprobe -- {q(module)}")
+
+
+def module_entry(module: str) -> Entry:
+    """Return the modules-load.d line for the module."""
+    return module, re.compile(r"^\s*" + re.escape(module) + r"\s*$")
+
+
+def persist(path: str, old: bytes | None, entries: Iterable[Entry]) -> tuple[str, Command] | None:
+    """Return the diff and the write that put every entry into `path` (a new file is 0644 root), or None
+    when it holds them all already."""
+    text = as_text(old or b"")
+    for line, pattern in entries:
+        text = edit_lines(text, line, pattern, present=True) or text
+    data = as_bytes(text)
+    if data == (old or b""):
+        return None
+    return text_diff(path, old, data), rewrite_command(path, old, data)
 
 
 class Sysctl:
@@ -52,9 +97,8 @@ class Sysctl:
         if not SYSCTL_KEY.match(key):
             raise ValueError(f"not a sysctl key: {key!r}")
         self.key = key
-        self.value = " ".join(single_line(str(value), f"sysctl {key}").split())
+        self.value = sysctl_value(key, value)
         self.file = file
-        self.pattern = re.compile(r"^\s*" + re.escape(key) + r"\s*=")
 
     @property
     def name(self) -> str:
@@ -63,32 +107,26 @@ class Sysctl:
 
     def probes(self) -> Mapping[str, str]:
         """Read the runtime value and the persisting file."""
-        return {"runtime": f"sysctl -n -- {q(self.key)}", "file": content_probe(self.file)}
+        return {"runtime": sysctl_probe(self.key), "file": content_probe(self.file)}
 
     def parse(self, outputs: Mapping[str, ProbeOutput], marks: frozenset[str]) -> PersistedFacts:
-        """Normalise whitespace in the runtime value (sysctl separates numbers with tabs)."""
-        runtime = outputs["runtime"]
-        value = " ".join(runtime.stdout.split()) if runtime.ok else None
-        return PersistedFacts(value, parse_content(outputs["file"], self.file))
+        """Type the outputs."""
+        return PersistedFacts(sysctl_runtime(outputs["runtime"]), parse_content(outputs["file"], self.file))
 
     def decide(self, facts: PersistedFacts) -> Decision:
         """Compare the runtime value and the persisted line."""
-        line = f"{self.key} = {self.value}"
         diff: list[str] = []
         commands: list[Command] = []
-        sets: frozenset[str] = frozenset()
         if facts.runtime != self.value:
             diff.append(f"{self.key}: {facts.runtime} -> {self.value} (runtime)")
-            commands.append(Command(f"sysctl -q -w -- {q(f'{self.key}={self.value}')}"))
-        new = edit_lines(as_text(facts.persisted or b""), line, self.pattern, present=True)
-        if new is not None:
-            text, write = _persist(self.file, facts.persisted, new)
-            diff.append(text)
-            commands.append(write)
-            sets = content_marks(self.file)
+            commands.append(sysctl_set(self.key, self.value))
+        written = persist(self.file, facts.persisted, [sysctl_entry(self.key, self.value)])
+        if written is not None:
+            diff.append(written[0])
+            commands.append(written[1])
         if not commands:
             return Ok(f"sysctl {self.key} is {self.value} (runtime and {self.file})")
-        return Change("\n".join(diff), commands, sets=sets)
+        return Change("\n".join(diff), commands, sets=content_marks(self.file) if written else frozenset())
 
 
 class KernelModule:
@@ -102,7 +140,6 @@ class KernelModule:
             raise ValueError(f"not a kernel module name: {module!r}")
         self.module = module
         self.file = file
-        self.pattern = re.compile(r"^\s*" + re.escape(module) + r"\s*$")
 
     @property
     def name(self) -> str:
@@ -111,10 +148,7 @@ class KernelModule:
 
     def probes(self) -> Mapping[str, str]:
         """Check /sys/module (loaded or built in) and read the persisting file."""
-        return {
-            "loaded": f"test -d {q('/sys/module/' + self.module.replace('-', '_'))}",
-            "file": content_probe(self.file),
-        }
+        return {"loaded": module_probe(self.module), "file": content_probe(self.file)}
 
     def parse(self, outputs: Mapping[str, ProbeOutput], marks: frozenset[str]) -> PersistedFacts:
         """Type the probe outputs."""
@@ -127,12 +161,11 @@ class KernelModule:
         commands: list[Command] = []
         if facts.runtime is None:
             diff.append(f"load kernel module {self.module}")
-            commands.append(Command(f"modprobe -- {q(self.module)}"))
-        new = edit_lines(as_text(facts.persisted or b""), self.module, self.pattern, present=True)
-        if new is not None:
-            text, write = _persist(self.file, facts.persisted, new)
-            diff.append(text)
-            commands.append(write)
+            commands.append(module_load(self.module))
+        written = persist(self.file, facts.persisted, [module_entry(self.module)])
+        if written is not None:
+            diff.append(written[0])
+            commands.append(written[1])
         if not commands:
             return Ok(f"kernel module {self.module} is loaded and listed in {self.file}")
         return Change("\n".join(diff), commands)
@@ -185,6 +218,6 @@ class CmdlineArgs:
         data = as_bytes(" ".join([*words, *missing]) + "\n")
         return Change(
             text_diff(self.path, facts.content, data) + "\n(reboot needed)",
-            [write_command(self.path, data, mode=None, owner=None, group=None)],
+            [rewrite_command(self.path, facts.content, data)],
             sets=frozenset({NEEDS_REBOOT}),
         )

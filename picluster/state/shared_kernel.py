@@ -9,14 +9,25 @@ decided from the host's facts, never from a lab flag.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from picluster.remote import Change, Command, Decision, Ok, ProbeOutput
-from picluster.state._fs import as_bytes, as_text, content_probe, parse_content, q, single_line
-from picluster.state.files import content_marks, edit_lines
-from picluster.state.kernel import MODULE, SYSCTL_KEY, _persist
+from picluster.state._fs import content_probe, parse_content, q
+from picluster.state.files import content_marks
+from picluster.state.kernel import (
+    MODULE,
+    SYSCTL_KEY,
+    module_entry,
+    module_load,
+    module_probe,
+    persist,
+    sysctl_entry,
+    sysctl_probe,
+    sysctl_runtime,
+    sysctl_set,
+    sysctl_value,
+)
 from picluster.state.skip import SKIPPED
 
 VIRT = "systemd-detect-virt --container"
@@ -69,8 +80,7 @@ class ModulesLoaded:
 
     def probes(self) -> Mapping[str, str]:
         """Check /sys/module for each (loaded or built in), read the file and the container type."""
-        probes = {f"loaded.{i}": f"test -d {q('/sys/module/' + m.replace('-', '_'))}"
-                  for i, m in enumerate(self.modules)}
+        probes = {f"loaded.{i}": module_probe(m) for i, m in enumerate(self.modules)}
         return {**probes, "file": content_probe(self.file), "virt": VIRT}
 
     def parse(self, outputs: Mapping[str, ProbeOutput], marks: frozenset[str]) -> SharedKernelFacts:
@@ -92,14 +102,11 @@ class ModulesLoaded:
                              "kernel, where modprobe is not possible")
                 continue
             diff.append(f"load kernel module {module}")
-            commands.append(Command(f"modprobe -- {q(module)}"))
-        text = as_text(facts.persisted or b"")
-        for module in self.modules:
-            text = edit_lines(text, module, re.compile(r"^\s*" + re.escape(module) + r"\s*$"), present=True) or text
-        if as_bytes(text) != (facts.persisted or b""):
-            change, write = _persist(self.file, facts.persisted, text)
-            diff.append(change)
-            commands.append(write)
+            commands.append(module_load(module))
+        written = persist(self.file, facts.persisted, [module_entry(m) for m in self.modules])
+        if written is not None:
+            diff.append(written[0])
+            commands.append(written[1])
         ok = f"kernel modules {', '.join(self.modules)} are loaded and listed in {self.file}"
         if skips:
             ok = f"kernel modules {', '.join(self.modules)} are listed in {self.file}"
@@ -118,7 +125,7 @@ class SysctlsSet:
         bad = [k for k, _ in values if not SYSCTL_KEY.match(k)]
         if bad or not values:
             raise ValueError(f"not sysctl keys: {bad or list(values)!r}")
-        self.values = [(k, " ".join(single_line(str(v), f"sysctl {k}").split())) for k, v in values]
+        self.values = [(k, sysctl_value(k, v)) for k, v in values]
         self.file = file
 
     @property
@@ -135,18 +142,15 @@ class SysctlsSet:
         """Read each runtime value and whether it is writable, the file, the container type."""
         probes: dict[str, str] = {}
         for i, (key, _) in enumerate(self.values):
-            probes[f"runtime.{i}"] = f"sysctl -n -- {q(key)}"
+            probes[f"runtime.{i}"] = sysctl_probe(key)
             probes[f"writable.{i}"] = f"test -w {q(self.proc_path(key))}"
         return {**probes, "file": content_probe(self.file), "virt": VIRT}
 
     def parse(self, outputs: Mapping[str, ProbeOutput], marks: frozenset[str]) -> SharedKernelFacts:
         """Normalise whitespace in the runtime values (sysctl separates numbers with tabs)."""
-        runtime = []
-        for i in range(len(self.values)):
-            out = outputs[f"runtime.{i}"]
-            runtime.append(" ".join(out.stdout.split()) if out.ok else None)
+        runtime = tuple(sysctl_runtime(outputs[f"runtime.{i}"]) for i in range(len(self.values)))
         writable = tuple(outputs[f"writable.{i}"].ok for i in range(len(self.values)))
-        return SharedKernelFacts(tuple(runtime), writable, parse_content(outputs["file"], self.file),
+        return SharedKernelFacts(runtime, writable, parse_content(outputs["file"], self.file),
                                  _container(outputs))
 
     def decide(self, facts: SharedKernelFacts) -> Decision:
@@ -154,7 +158,6 @@ class SysctlsSet:
         diff: list[str] = []
         commands: list[Command] = []
         skips: list[str] = []
-        text = as_text(facts.persisted or b"")
         for (key, value), runtime, writable in zip(self.values, facts.runtime, facts.writable, strict=True):
             if runtime != value:
                 if facts.container and not writable:
@@ -163,14 +166,12 @@ class SysctlsSet:
                                  f"({facts.container}); the host's kernel owns it")
                 else:
                     diff.append(f"{key}: {runtime} -> {value} (runtime)")
-                    commands.append(Command(f"sysctl -q -w -- {q(f'{key}={value}')}"))
-            pattern = re.compile(r"^\s*" + re.escape(key) + r"\s*=")
-            text = edit_lines(text, f"{key} = {value}", pattern, present=True) or text
+                    commands.append(sysctl_set(key, value))
+        written = persist(self.file, facts.persisted, [sysctl_entry(k, v) for k, v in self.values])
         sets: frozenset[str] = frozenset()
-        if as_bytes(text) != (facts.persisted or b""):
-            change, write = _persist(self.file, facts.persisted, text)
-            diff.append(change)
-            commands.append(write)
+        if written is not None:
+            diff.append(written[0])
+            commands.append(written[1])
             sets = content_marks(self.file)
         keys = ", ".join(k for k, _ in self.values)
         ok = f"sysctls {keys} as wanted (runtime and {self.file})"

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from picluster.remote import Change, Command, Decision, Ok, ProbeOutput, StepError
-from picluster.state._fs import as_bytes, as_text, content_probe, parse_content, q, write_command
+from picluster.state._fs import as_bytes, as_text, content_probe, parse_content, q, rewrite_command
 from picluster.state.files import edit_lines
 from picluster.state.skip import skipped
 
@@ -121,8 +121,7 @@ class DataVolume:
         new = edit_lines(as_text(facts.fstab or b""), self.fstab_line, pattern, present=True)
         if new is not None:
             diff.append(f"{FSTAB}: {self.fstab_line}")
-            commands.append(write_command(FSTAB, as_bytes(new), mode=None if facts.fstab else 0o644,
-                                          owner=None if facts.fstab else "root", group=None if facts.fstab else "root"))
+            commands.append(rewrite_command(FSTAB, facts.fstab, as_bytes(new)))
         if not facts.mounted_from:
             diff.append(f"mount {self.mountpoint}")
             commands.append(Command(f"set -e\nmkdir -p -- {q(self.mountpoint)}\nmount -- {q(self.mountpoint)}"))

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from picluster.remote import Change, Command, Decision, Ok, ProbeOutput
-from picluster.state._fs import as_bytes, as_text, content_probe, parse_content, write_command
+from picluster.state._fs import as_bytes, as_text, content_probe, parse_content, rewrite_command
 from picluster.state.skip import skipped
 
 FSTAB = "/etc/fstab"
@@ -73,7 +73,7 @@ class SwapOff:
             new = disable_fstab_swap(as_text(facts.fstab))
             if new is not None:
                 diff.append(f"{FSTAB}: comment out its swap lines")
-                commands.append(write_command(FSTAB, as_bytes(new), mode=None, owner=None, group=None))
+                commands.append(rewrite_command(FSTAB, facts.fstab, as_bytes(new)))
         if not commands:
             if note:
                 return skipped(note)

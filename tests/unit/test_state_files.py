@@ -13,7 +13,7 @@ from stage_support import Upload
 
 from picluster.remote import UNITS_CHANGED, Change, Ok, ProbeOutput, StepError, changed_mark
 from picluster.state import Directory, File, Line
-from picluster.state._fs import PathStat
+from picluster.state._fs import PathStat, rewrite_command
 from picluster.state.files import DirectoryFacts, FileFacts, LineFacts, edit_lines
 
 if TYPE_CHECKING:
@@ -122,6 +122,21 @@ def test_line_change_keeps_the_existing_files_attributes() -> None:
     assert isinstance(decision, Change)
     assert decision.diff.splitlines()[-1] == "+y"
     assert "chmod -- " not in decision.commands[0].script and "--reference" in decision.commands[0].script
+
+
+def test_a_line_in_a_missing_file_creates_it_with_the_given_attributes() -> None:
+    decision = Line("/etc/x", "y", mode=0o600, owner="admin", group="adm").decide(LineFacts(None))
+    assert isinstance(decision, Change)
+    script = decision.commands[0].script
+    assert "chown -- admin:adm \"$tmp\"" in script and "chmod -- 600 \"$tmp\"" in script
+    assert decision.commands[0].stdin == base64.b64encode(b"y\n") + b"\n"
+
+
+def test_a_rewrite_sets_attributes_only_on_a_new_file() -> None:
+    new = rewrite_command("/etc/fstab", None, b"x\n").script
+    assert "chown -- root:root \"$tmp\"" in new and "chmod -- 644 \"$tmp\"" in new
+    kept = rewrite_command("/etc/fstab", b"", b"x\n", mode=0o600).script
+    assert "chown -- " not in kept and "chmod -- 6" not in kept and "--reference=/etc/fstab" in kept
 
 
 def test_a_line_must_be_one_line() -> None:
