@@ -14,10 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from picluster.facts import k3s_unit
 from picluster.inventory import Host
 from picluster.kube import Kube, KubeError
-from picluster.ops.shutdown import SHUTDOWN_LABEL, SHUTDOWN_LABEL_VALUE, Timeline
-from picluster.ops.status import k3s_unit, read_facts
+from picluster.ops.shutdown import SHUTDOWN_LABEL, SHUTDOWN_LABEL_VALUE
+from picluster.ops.status import read_facts
+from picluster.ops.timeline import Timeline
 
 BOOTED = ("running", "degraded")
 BOOT_WAIT_S = 600.0
@@ -32,8 +34,9 @@ def order(hosts: Sequence[Host]) -> list[tuple[str, list[Host]]]:
 
 
 def boot_probes(host: Host) -> dict[str, str]:
+    """What tells a host is up: systemd's state; on a K3S node also whether K3S is installed and active."""
     probes = {"system": "systemctl is-system-running"}
-    unit = k3s_unit(host)
+    unit = k3s_unit(host.role)
     if unit:
         probes["k3s_installed"] = f"systemctl cat {unit} >/dev/null 2>&1 && echo yes"
         probes["service"] = f"systemctl is-active {unit}"
@@ -45,7 +48,7 @@ def booted(host: Host, outputs: dict[str, Any]) -> str | None:
     system = outputs["system"].stdout.strip()
     if system not in BOOTED:
         return f"systemd is {system or 'not answering'}"
-    unit = k3s_unit(host)
+    unit = k3s_unit(host.role)
     if unit and outputs["k3s_installed"].stdout.strip() == "yes":
         service = outputs["service"].stdout.strip()
         if service != "active":
@@ -104,6 +107,76 @@ def uncordon_ours(kube: Kube, names: Sequence[str], run: StartupRun) -> None:
                              f"(`kubectl uncordon {node.name}` when it should take pods again)")
 
 
+def _wait_group(run: StartupRun, name: str, members: Sequence[Host], wait: Callable[[Host, float], str | None],
+                timeout: float) -> dict[str, str]:
+    """Wait for every member at once (bounded by `timeout`); return what each late one still waited for."""
+    tl = run.timeline
+    tl.add(name, "waiting", ", ".join(h.name for h in members))
+    deadline = time.monotonic() + timeout
+
+    def one(h: Host) -> str | None:
+        why = wait(h, deadline)
+        if why is None:
+            run.up[h.name] = tl.add(h.name, "up").at
+        return why
+
+    with ThreadPoolExecutor(max_workers=len(members)) as pool:
+        results = list(pool.map(one, members))
+    late = {h.name: why for h, why in zip(members, results, strict=True) if why is not None}
+    if not late:
+        tl.add(name, "up")
+    return late
+
+
+def _wait_groups(run: StartupRun, hosts: Sequence[Host], wait: Callable[[Host, float], str | None], timeout: float,
+                 on_group: Callable[[str, list[str]], None] | None) -> bool:
+    """Gateway, servers, agents, each waited for before the next; False (and why) at the first group late."""
+    groups = order(hosts)
+    for name, members in groups:
+        if on_group is not None:
+            on_group(name, [h.name for h in members])
+        late = _wait_group(run, name, members, wait, timeout)
+        if not late:
+            continue
+        run.waiting.update(late)
+        for host, why in late.items():
+            run.timeline.add(host, "not up", why)
+        later = [h.name for n, m in groups for h in m if n != name and h.name not in run.up and h.name not in late]
+        run.error = (f"{', '.join(late)} not up after {timeout:g}s ("
+                     + "; ".join(f"{k}: {v}" for k, v in late.items()) + ")"
+                     + (f"; not waited for: {', '.join(later)}" if later else "")
+                     + "; look at the host's console or `journalctl -b` on it")
+        return False
+    return True
+
+
+def _cluster_ready(run: StartupRun, kube: Kube, hosts: Sequence[Host], *, ready_timeout: float,
+                   workloads_timeout: float, poll: float, progress: bool) -> None:
+    """Through the API: the K3S nodes Ready, what shutdown cordoned uncordoned, the workloads ready."""
+    from picluster.kube.nodes import list_nodes
+    from picluster.kube.wait import wait_ready
+    from picluster.kube.workloads import workloads_ready
+
+    tl = run.timeline
+    k3s = [h.name for h in hosts if h.is_k3s]
+    try:
+        known = {n.name for n in list_nodes(kube)}
+        missing = [n for n in k3s if n not in known]
+        if missing:
+            run.notes.append(f"{', '.join(missing)} not registered with the API server: not waited for")
+        names = [n for n in k3s if n in known]
+        tl.add("cluster", "waiting for nodes Ready", ", ".join(names))
+        wait_ready(kube, names, ready_timeout, servers=[h.name for h in hosts if h.role == "server"],
+                   interval=poll, progress=progress)
+        tl.add("cluster", "nodes Ready")
+        uncordon_ours(kube, names, run)
+        tl.add("cluster", "waiting for workloads")
+        found = workloads_ready(kube, None, workloads_timeout, interval=poll, progress=progress)
+        tl.add("cluster", "workloads ready", f"{len(found)} workloads")
+    except KubeError as err:
+        run.error = str(err)
+
+
 def startup(
     hosts: Sequence[Host],
     *,
@@ -122,65 +195,13 @@ def startup(
     `kube_factory()` opens the API once the hosts are up (it cannot answer before): (Kube, "") or (None, why).
     """
     run = StartupRun(Timeline(on_event))
-    tl = run.timeline
     wait = waiter or (lambda h, deadline: wait_up(h, deadline, poll))
-    for name, members in order(hosts):
-        if on_group is not None:
-            on_group(name, [h.name for h in members])
-        tl.add(name, "waiting", ", ".join(h.name for h in members))
-        deadline = time.monotonic() + timeout
-
-        def one(h: Host, deadline: float = deadline) -> tuple[Host, str | None]:
-            why = wait(h, deadline)
-            if why is None:
-                run.up[h.name] = tl.add(h.name, "up").at
-            return h, why
-
-        with ThreadPoolExecutor(max_workers=len(members)) as pool:
-            results = list(pool.map(one, members))
-        late = {h.name: why for h, why in results if why is not None}
-        if late:
-            run.waiting.update(late)
-            for host, why in late.items():
-                tl.add(host, "not up", why)
-            later = [h.name for n, m in order(hosts) for h in m if n != name and h.name not in run.up
-                     and h.name not in late]
-            run.error = (f"{', '.join(late)} not up after {timeout:g}s ("
-                         + "; ".join(f"{k}: {v}" for k, v in late.items()) + ")"
-                         + (f"; not waited for: {', '.join(later)}" if later else "")
-                         + "; look at the host's console or `journalctl -b` on it")
-            tl.add("cluster", "done")
-            return run
-        tl.add(name, "up")
-
-    k3s = [h.name for h in hosts if h.is_k3s]
-    if not k3s:
-        tl.add("cluster", "done")
-        return run
-    kube, kube_note = kube_factory() if kube_factory is not None else (None, "")
-    if kube is None:
-        run.notes.append(f"nodes Ready, uncordon and workloads ready skipped: {kube_note or 'no Kubernetes API'}")
-        tl.add("cluster", "done")
-        return run
-    from picluster.kube.nodes import list_nodes
-    from picluster.kube.wait import wait_ready
-    from picluster.kube.workloads import workloads_ready
-
-    try:
-        known = {n.name for n in list_nodes(kube)}
-        missing = [n for n in k3s if n not in known]
-        if missing:
-            run.notes.append(f"{', '.join(missing)} not registered with the API server: not waited for")
-        names = [n for n in k3s if n in known]
-        tl.add("cluster", "waiting for nodes Ready", ", ".join(names))
-        wait_ready(kube, names, ready_timeout, servers=[h.name for h in hosts if h.role == "server"],
-                   interval=poll, progress=progress)
-        tl.add("cluster", "nodes Ready")
-        uncordon_ours(kube, names, run)
-        tl.add("cluster", "waiting for workloads")
-        found = workloads_ready(kube, None, workloads_timeout, interval=poll, progress=progress)
-        tl.add("cluster", "workloads ready", f"{len(found)} workloads")
-    except KubeError as err:
-        run.error = str(err)
-    tl.add("cluster", "done")
+    if _wait_groups(run, hosts, wait, timeout, on_group) and any(h.is_k3s for h in hosts):
+        kube, kube_note = kube_factory() if kube_factory is not None else (None, "")
+        if kube is None:
+            run.notes.append(f"nodes Ready, uncordon and workloads ready skipped: {kube_note or 'no Kubernetes API'}")
+        else:
+            _cluster_ready(run, kube, hosts, ready_timeout=ready_timeout, workloads_timeout=workloads_timeout,
+                           poll=poll, progress=progress)
+    run.timeline.add("cluster", "done")
     return run

@@ -14,20 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from picluster.facts import BOOT_ID, K3S_VERSION, k3s_unit, k3s_version
 from picluster.inventory import Host, Inventory
 from picluster.kube import Kube, KubeError
 from picluster.remote import ProbeOutput
 
 KUBECONFIG_ENV = "PICLUSTER_KUBECONFIG"
-BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
 # Seconds since PID 1 started: the node's own boot, also in a container (where /proc/uptime is the host's).
 UPTIME = "ps -o etimes= -p 1"
-K3S_VERSION = "k3s --version 2>/dev/null | head -n 1"
-
-
-def k3s_unit(host: Host) -> str | None:
-    """The systemd unit K3S runs as on this host: k3s on servers, k3s-agent on agents, none on the gateway."""
-    return {"server": "k3s", "agent": "k3s-agent"}.get(host.role)
 
 
 # --- reaching hosts and the API ------------------------------------------------------------------------
@@ -49,6 +43,12 @@ class Facts:
         """A probe's stdout, stripped ('' when it failed or the host was not reached)."""
         out = self.outputs.get(name)
         return out.stdout.strip() if out is not None and out.ok else ""
+
+    def answer(self, name: str) -> str:
+        """A probe's stdout, stripped, whatever its exit status (`systemctl is-active` exits 3 saying
+        "inactive"); '' when it was not run."""
+        out = self.outputs.get(name)
+        return out.stdout.strip() if out is not None else ""
 
 
 def read_facts(host: Host, probes: Mapping[str, str], *, timeout: float = 10.0) -> Facts:
@@ -118,7 +118,7 @@ def open_kube(inv: Inventory, kubeconfig: str | os.PathLike[str] | None = None,
 def status_probes(host: Host) -> dict[str, str]:
     probes = {"boot_id": BOOT_ID, "uptime": UPTIME,
               "os": ". /etc/os-release && printf '%s\\n' \"$PRETTY_NAME\""}
-    unit = k3s_unit(host)
+    unit = k3s_unit(host.role)
     if unit:
         probes["service"] = f"systemctl is-active {unit}"
         probes["k3s"] = K3S_VERSION
@@ -146,12 +146,6 @@ class HostStatus:
         return dict(self.__dict__)
 
 
-def parse_k3s_version(text: str) -> str:
-    """`k3s version v1.24.3+k3s1 (990ba0e8)` -> `v1.24.3+k3s1`; '' when not installed."""
-    parts = text.split()
-    return parts[2] if len(parts) >= 3 and parts[0] == "k3s" and parts[1] == "version" else ""
-
-
 def host_status(host: Host, facts: Facts, pinned: str, nodes: Mapping[str, Any] | None, api_note: str) -> HostStatus:
     """Decide one host's row and its problems from what was read (pure)."""
     row = HostStatus(host.name, host.role, facts.reachable, error=facts.error)
@@ -161,12 +155,11 @@ def host_status(host: Host, facts: Facts, pinned: str, nodes: Mapping[str, Any] 
     uptime = facts.text("uptime")
     row.uptime = float(uptime) if uptime.isdigit() else None
     row.os = facts.text("os")
-    unit = k3s_unit(host)
+    unit = k3s_unit(host.role)
     if unit is None:
         return row
-    service = facts.outputs.get("service")
-    row.service = service.stdout.strip() if service is not None and service.stdout.strip() else "unknown"
-    row.k3s_version = parse_k3s_version(facts.text("k3s"))
+    row.service = facts.answer("service") or "unknown"
+    row.k3s_version = k3s_version(facts.text("k3s")) or ""
     if not row.k3s_version:
         row.problems.append(f"{host.name}: k3s is not installed (run `invoke cluster.up --only k3s`)")
     elif row.k3s_version != pinned:
@@ -209,9 +202,9 @@ def status(inv: Inventory, hosts: Sequence[Host], *, kubeconfig: str | None = No
            pinned: str | None = None) -> StatusRun:
     """Read every host's status over SSH and, when it answers, the API's view of the K3S nodes."""
     from picluster.kube.nodes import list_nodes
-    from picluster.versions import k3s_version
+    from picluster.versions import k3s_version as pinned_k3s
 
-    pin = pinned or k3s_version()
+    pin = pinned or pinned_k3s()
     facts = read_all(hosts, status_probes, parallel=parallel)
     nodes: dict[str, Any] | None = None
     api = "no K3S node selected"

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from picluster.inventory import Host, Inventory, load_inventory
-from picluster.ops.shutdown import PowerObserver
+from picluster.ops.power import PowerObserver
 from picluster.ops.status import Facts
 from picluster.remote import ProbeOutput
 

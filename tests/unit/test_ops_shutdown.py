@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,7 +11,10 @@ import pytest
 from kube_support import all_evictions, allow_eviction, kube_for, node, pod, refuse_eviction, run, seed, server_faults
 from ops_support import FakeCluster, facts, inventory
 
+from picluster import facts as pf
 from picluster.inventory import Host
+from picluster.ops import power
+from picluster.ops import preflight as pre
 from picluster.ops import shutdown as sd
 from picluster.ops.status import Facts
 
@@ -22,19 +24,19 @@ def test_parse_inhibitors_reads_systemd_inhibit_list_with_spaces_in_who_and_why(
             "upgrades before shutdown delay\n"
             "kubelet 0 root 1044 k3s-server shutdown Kubelet needs time to handle node shutdown delay\n"
             "ModemManager 0 root 700 ModemManager sleep ModemManager needs to reset devices delay\n")
-    found = sd.parse_inhibitors(text)
+    found = pf.parse_inhibitors(text)
     assert [(i.who, i.what, i.mode) for i in found] == [
         ("Unattended Upgrades Shutdown", "shutdown", "delay"), ("kubelet", "shutdown", "delay"),
         ("ModemManager", "sleep", "delay")]
-    lock = sd.kubelet_lock(found)
+    lock = pf.kubelet_lock(found)
     assert lock is not None and lock.why == "Kubelet needs time to handle node shutdown"
-    assert sd.parse_inhibitors("No inhibitors.\n") == []
-    assert sd.kubelet_lock(sd.parse_inhibitors(text.replace("shutdown Kubelet", "sleep Kubelet"))) is None
+    assert pf.parse_inhibitors("No inhibitors.\n") == []
+    assert pf.kubelet_lock(pf.parse_inhibitors(text.replace("shutdown Kubelet", "sleep Kubelet"))) is None
 
 
 def test_parse_usec() -> None:
-    assert sd.parse_usec("t 30000000\n") == 30.0
-    assert sd.parse_usec("") is None and sd.parse_usec("Failed to get property") is None
+    assert pf.parse_usec("t 30000000\n") == 30.0
+    assert pf.parse_usec("") is None and pf.parse_usec("Failed to get property") is None
 
 
 def test_groups_agents_then_servers_then_gateway(tmp_path: Path) -> None:
@@ -49,12 +51,12 @@ def test_groups_agents_then_servers_then_gateway(tmp_path: Path) -> None:
 def test_graceful_problems_name_the_missing_lock_and_a_short_logind_delay(tmp_path: Path) -> None:
     inv = inventory(tmp_path)
     node2 = inv.hosts["node2"]
-    assert sd.graceful_problems(node2, facts(node2)) == []
-    assert sd.graceful_problems(inv.hosts["gateway"], facts(inv.hosts["gateway"])) == []
-    no_lock = sd.graceful_problems(node2, facts(node2, lock=False, service="inactive"))
+    assert pre.graceful_problems(node2, facts(node2)) == []
+    assert pre.graceful_problems(inv.hosts["gateway"], facts(inv.hosts["gateway"])) == []
+    no_lock = pre.graceful_problems(node2, facts(node2, lock=False, service="inactive"))
     assert len(no_lock) == 1 and no_lock[0].startswith("node2: no kubelet 'delay' inhibitor lock")
     assert "(k3s-agent is inactive)" in no_lock[0]
-    short = sd.graceful_problems(node2, facts(node2, delay_s=5))
+    short = pre.graceful_problems(node2, facts(node2, delay_s=5))
     assert len(short) == 1 and "InhibitDelayMaxSec is 5s, below shutdownGracePeriod (30s)" in short[0]
 
 
@@ -165,26 +167,8 @@ def test_keep_gateway_leaves_it_running(tmp_path: Path) -> None:
 
 def test_down_timeout_is_the_grace_period_plus_the_margin(tmp_path: Path) -> None:
     inv = inventory(tmp_path, grace=45)
-    assert sd.down_timeout([inv.hosts["node2"]]) == 45 + sd.DOWN_MARGIN_S
-    assert sd.down_timeout([inv.hosts["gateway"]]) == sd.DOWN_MARGIN_S
-
-
-def test_a_real_host_is_down_after_two_silent_polls_a_reset_is_not_down(tmp_path: Path) -> None:
-    host = inventory(tmp_path).hosts["node2"]
-    answers = iter(["open", "refused", "refused", "silent", "refused", "silent", "silent"])
-    observer = sd.PowerObserver(probe=lambda address, port: next(answers))  # type: ignore[arg-type,return-value]
-    seen = [observer.poll(host) for _ in range(7)]
-    assert [down for _, down in seen] == [False, False, False, False, False, False, True]
-    assert "silent" in observer.how
-
-
-def test_port_state_tells_open_from_refused() -> None:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        port = listener.getsockname()[1]
-        assert sd.port_state("127.0.0.1", port) == "open"
-    assert sd.port_state("127.0.0.1", port) == "refused"
+    assert power.down_timeout([inv.hosts["node2"]]) == 45 + power.DOWN_MARGIN_S
+    assert power.down_timeout([inv.hosts["gateway"]]) == power.DOWN_MARGIN_S
 
 
 @pytest.mark.parametrize("keep", [False, True])

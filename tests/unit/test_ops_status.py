@@ -9,6 +9,7 @@ import pytest
 from kube_support import kube_for, node, run, seed, server_faults
 from ops_support import inventory
 
+from picluster.facts import k3s_version
 from picluster.kube.nodes import NodeInfo
 from picluster.ops import status as st
 from picluster.remote import ProbeOutput
@@ -59,8 +60,8 @@ def test_problems_unreachable_other_version_inactive_notready_unregistered(tmp_p
 
 
 def test_parse_k3s_version_and_uptime_format() -> None:
-    assert st.parse_k3s_version("k3s version v1.24.3+k3s1 (990ba0e8)") == "v1.24.3+k3s1"
-    assert st.parse_k3s_version("sh: k3s: not found") == ""
+    assert k3s_version("k3s version v1.24.3+k3s1 (990ba0e8)\ngo version go1.18.1\n") == "v1.24.3+k3s1"
+    assert k3s_version("sh: k3s: not found") is None
     assert [st.format_uptime(s) for s in (None, 59, 3725, 90061)] == ["-", "0m59s", "1h02m", "1d01h"]
 
 
