@@ -8,7 +8,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from picluster.ops.up import UpRun
+from picluster.ops.check import GateResult
+from picluster.ops.up import StageOutcome, UpRun
 from picluster.remote import SKIPPED, HostResult
 from picluster.report import host_lines
 from picluster.stages import Stage
@@ -60,9 +61,8 @@ def _cell(result: HostResult | None) -> str:
     return f"[{style}]{word}{extra}[/{style}]{note}"
 
 
-def print_up(run: UpRun, *, verbose: bool = False, console: Console | None = None) -> None:
-    """Print a host × stage table, why stages were skipped, every failure in full, and (verbose) each step."""
-    console = console or Console()
+def _table(run: UpRun) -> Table:
+    """One row per host, one column per stage, and the host's total time."""
     hosts: list[str] = []
     for o in run.outcomes:
         hosts += [h for h in o.hosts if h not in hosts]
@@ -78,27 +78,42 @@ def print_up(run: UpRun, *, verbose: bool = False, console: Console | None = Non
             cells.append(_cell(by_host.get(h)) if h in o.hosts else "")
             total += by_host[h].duration if h in by_host else 0.0
         table.add_row(h, *cells, f"{total:.1f}s")
-    console.print(table)
+    return table
+
+
+def _print_skips(console: Console, o: StageOutcome) -> None:
+    """Why the stage was skipped, and each step skipped on some hosts (one line per step, naming them)."""
+    if o.skipped:
+        console.print(f"[dim]{o.stage.name}: skipped: {o.skipped}[/dim]", highlight=False)
+    skips: dict[str, list[str]] = {}
+    for r in o.result.hosts if o.result else []:
+        for line in skipped_steps(r):
+            skips.setdefault(line, []).append(r.host)
+    for line, on in skips.items():
+        console.print(f"[yellow]{o.stage.name}: skipped step on {', '.join(on)}:[/yellow] {line}", highlight=False)
+
+
+def _print_gate(console: Console, stage: str, g: GateResult) -> None:
+    """The stage's checks: the counts, then each failure (or the output's tail when none was parsed)."""
+    style = "green" if g.ok else "red"
+    console.print(f"[{style}]{stage} checks (tests/infra/test_{g.gate}.py): {g.passed} passed, "
+                  f"{g.failed} failed, {g.skipped} skipped[/{style}] [dim]{g.duration:.1f}s[/dim]",
+                  highlight=False)
+    for line in g.failures:
+        console.print(f"  {line}", highlight=False, markup=False)
+    if not g.ok and not g.failures:
+        for line in g.output.strip().splitlines()[-15:]:
+            console.print(f"  {line}", highlight=False, markup=False)
+
+
+def print_up(run: UpRun, *, verbose: bool = False, console: Console | None = None) -> None:
+    """Print a host × stage table, why stages were skipped, every failure in full, and (verbose) each step."""
+    console = console or Console()
+    console.print(_table(run))
     for o in run.outcomes:
-        if o.skipped:
-            console.print(f"[dim]{o.stage.name}: skipped: {o.skipped}[/dim]", highlight=False)
-        skips: dict[str, list[str]] = {}
-        for r in o.result.hosts if o.result else []:
-            for line in skipped_steps(r):
-                skips.setdefault(line, []).append(r.host)
-        for line, on in skips.items():
-            console.print(f"[yellow]{o.stage.name}: skipped step on {', '.join(on)}:[/yellow] {line}", highlight=False)
+        _print_skips(console, o)
         if o.gate is not None:
-            g = o.gate
-            style = "green" if g.ok else "red"
-            console.print(f"[{style}]{o.stage.name} checks (tests/infra/test_{g.gate}.py): {g.passed} passed, "
-                          f"{g.failed} failed, {g.skipped} skipped[/{style}] [dim]{g.duration:.1f}s[/dim]",
-                          highlight=False)
-            for line in g.failures:
-                console.print(f"  {line}", highlight=False, markup=False)
-            if not g.ok and not g.failures:
-                for line in g.output.strip().splitlines()[-15:]:
-                    console.print(f"  {line}", highlight=False, markup=False)
+            _print_gate(console, o.stage.name, o.gate)
     for o in run.outcomes:
         for r in o.result.hosts if o.result else []:
             _print_host(console, o.stage.name, r, verbose)
