@@ -77,7 +77,7 @@ class StartupRun:
 
 def wait_up(host: Host, deadline: float, poll: float = 2.0) -> str | None:
     """Wait until `host` is up for the cluster (see `booted`); None, or what it still waited for."""
-    from picluster.state.reboot import quiet_ssh_errors
+    from picluster.remote.reboot import quiet_ssh_errors
 
     why: str | None = "no SSH answer"
     with quiet_ssh_errors():

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import socket
 import threading
 import time
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import kmock as km
@@ -107,3 +110,16 @@ async def test_nodes_ready_then_only_what_shutdown_cordoned_is_uncordoned_then_w
     whats = [e.what for e in result.timeline.events if e.host == "cluster"]
     assert whats == ["waiting for nodes Ready", "nodes Ready", "waiting for workloads", "workloads ready", "done"]
     assert server_faults(kmock) == []
+
+
+def test_wait_up_gives_up_at_the_deadline_saying_ssh_does_not_answer(tmp_path: Path) -> None:
+    with socket.socket() as s:          # a port nothing listens on once this closes
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    node2 = inventory(tmp_path).hosts["node2"]
+    host = dataclasses.replace(node2, ip=IPv4Address("127.0.0.1"),
+                               settings=dataclasses.replace(node2.settings, ssh_port=port))
+    started = time.monotonic()
+    why = su.wait_up(host, time.monotonic() + 0.5, poll=0.05)
+    assert why is not None and why.startswith("no SSH answer (")
+    assert 0.5 <= time.monotonic() - started < 5
