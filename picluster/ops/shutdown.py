@@ -283,16 +283,3 @@ def print_shutdown(run: ShutdownRun, console: Any = None) -> None:
         out.print(f"[dim]note: {line}[/dim]", highlight=False)
     out.print(f"total {run.seconds:.1f}s", highlight=False)
 
-
-def lab_observer(inv: Inventory) -> Callable[[str], bool] | None:
-    """For a lab inventory: `stopped(name)` from the lab's own record of each node; None otherwise."""
-    if inv.lab is None:
-        return None
-    from picluster.lab import Lab
-
-    lab = Lab(inv)
-
-    def stopped(name: str) -> bool:
-        return {s.name: s.state for s in lab.status()}.get(name) == "stopped"
-
-    return stopped
