@@ -17,7 +17,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
+from picluster.yamlfile import read_yaml
 
 ROLES = ("gateway", "server", "agent")
 DEFAULT_INVENTORY = "hosts/inventory.yml"
@@ -317,25 +317,6 @@ T = TypeVar("T")
 # --- the loader ---------------------------------------------------------------------------------------
 
 
-class _DuplicateKey(Exception):
-    def __init__(self, key: Any, line: int) -> None:
-        super().__init__(key)
-        self.key, self.line = key, line
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that refuses a key given twice (plain YAML would keep the last one silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _value in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise _DuplicateKey(key, key_node.start_mark.line + 1)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 class _Reader:
     """Walks the YAML tree, remembering the key path so every error can name it."""
 
@@ -393,23 +374,7 @@ class _Reader:
 def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     """Read, validate and type an inventory file; raise InventoryError with one line on any problem."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InventoryError(f"{path}: no such inventory file; pass --inventory PATH "
-                             f"or set {INVENTORY_ENV}") from None
-    except OSError as err:
-        raise InventoryError(f"{path}: cannot read: {err.strerror}") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except _DuplicateKey as err:
-        raise InventoryError(f"{path}: line {err.line}: {err.key!r} appears twice in one mapping; "
-                             "each name (host, key) may appear once") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f"line {mark.line + 1}" if mark is not None else "?"
-        problem = getattr(err, "problem", None) or "invalid YAML"
-        raise InventoryError(f"{path}: {at}: {problem}; fix the YAML syntax") from None
+    data = read_yaml(path, "inventory", InventoryError, f"pass --inventory PATH or set {INVENTORY_ENV}")
     return _build(_Reader(path), data)
 
 

@@ -13,7 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
+from picluster.yamlfile import read_yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VERSIONS = REPO_ROOT / "k8s" / "versions.yml"
@@ -181,14 +181,7 @@ def load_versions(path: str | Path = DEFAULT_VERSIONS) -> Versions:
     """Read and validate a versions file; raise VersionsError (one line) on the first problem."""
     path = Path(path)
     r = _Reader(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise VersionsError(f"{path}: no such versions file") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "YAML"
-        raise VersionsError(f"{path}: {where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+    raw = read_yaml(path, "versions", VersionsError)
     top = r.mapping(raw, "", _TOP_KEYS)
     for key in sorted(_TOP_KEYS):
         if key not in top:

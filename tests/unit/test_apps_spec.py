@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+from yaml_support import assert_refused, hostile
 
 from picluster.stages.apps.spec import DEFAULT_RELEASES, SpecError, load_releases, topological
 
@@ -77,9 +79,15 @@ def _copy(tmp_path: Path, edit) -> Path:  # type: ignore[no-untyped-def]
     (lambda rs: rs[0].update(chart="metallb/metalb"), r"charts\.metalb: no such chart"),
     (lambda rs: rs[0].update(values="metallb/nope.yml"), r"'metallb/nope.yml': no such file"),
     (lambda rs: rs[3].pop("bundled"), r"chart traefik is not installable with helm \(bundled with k3s\)"),
-    (lambda rs: rs.append(dict(rs[0])), r"release 'metallb' is listed twice"),
+    (lambda rs: rs.append(copy.deepcopy(rs[0])), r"release 'metallb' is listed twice"),
 ])
 def test_a_broken_releases_file_fails_with_one_line(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(SpecError, match=message) as err:
         load_releases(_copy(tmp_path, edit))
     assert "\n" not in str(err.value)
+
+
+@hostile("content, expected")
+def test_a_hostile_file_is_refused_in_one_line(tmp_path: Path, content: bytes, expected: str) -> None:
+    shutil.copy(K8S / "versions.yml", tmp_path / "versions.yml")
+    assert_refused(load_releases, tmp_path / "releases.yml", content, expected, SpecError)

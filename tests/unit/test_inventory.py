@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from yaml_support import assert_refused, hostile
 
 from picluster.inventory import HostSettings, InventoryError, ShutdownGrace, load_inventory
 
@@ -131,7 +132,7 @@ INVALID = {
     "malformed mac": (_set("hosts.node1.mac", "dc:a6:32:00:00"), "hosts.node1.mac", "not a MAC address"),
     "malformed key": (_set("cluster.admin_users", [{"name": "admin", "ssh_keys": ["ssh-ed25519 not a key!"]}]),
                       "cluster.admin_users[0].ssh_keys[0]", "OpenSSH public key"),
-    "bad hostname": (lambda d: d["hosts"].update({"Node_5": d["hosts"]["node2"] | {
+    "bad hostname": (lambda d: d["hosts"].update({"Node_5": copy.deepcopy(d["hosts"]["node2"]) | {
         "ip": "10.0.0.15", "mac": "dc:a6:32:00:00:15"}}), "hosts.Node_5", "not a valid DNS label"),
     "critical >= grace": (_set("vars.kubelet_shutdown_grace_period_critical_pods", "30s"),
                           "kubelet_shutdown_grace_period_critical_pods", "no time for ordinary pods"),
@@ -183,3 +184,8 @@ def test_key_files_are_read_relative_to_the_inventory(tmp_path: Path) -> None:
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys/admin.pub").write_text(KEY + "\n")
     assert user.public_keys() == [KEY]
+
+
+@hostile("content, expected")
+def test_a_hostile_file_is_refused_in_one_line(tmp_path: Path, content: bytes, expected: str) -> None:
+    assert_refused(load_inventory, tmp_path / "inventory.yml", content, expected, InventoryError)

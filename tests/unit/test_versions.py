@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from yaml_support import assert_refused, hostile
 
 from picluster.versions import Chart, VersionsError, chart, k3s_version, load_versions, repo_url
 
@@ -154,3 +155,8 @@ def test_invoke_versions_prints_the_release_table() -> None:
                    "the vendor's <build URL>.sha256sum"):
         assert needle in text
     assert re.search(r"Velero\s+│\s+1\.9\.0\s+│\s+velero-2\.30\.1", text)
+
+
+@hostile("content, expected")
+def test_a_hostile_file_is_refused_in_one_line(tmp_path: Path, content: bytes, expected: str) -> None:
+    assert_refused(load_versions, tmp_path / "versions.yml", content, expected, VersionsError)

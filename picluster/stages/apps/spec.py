@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from picluster.versions import REPO_ROOT, Chart, Versions, VersionsError, load_versions
+from picluster.yamlfile import read_yaml
 
 K8S_DIR = REPO_ROOT / "k8s"
 DEFAULT_RELEASES = K8S_DIR / "releases.yml"
@@ -182,12 +181,7 @@ def load_releases(path: str | Path = DEFAULT_RELEASES, versions: Versions | None
     """Read and validate a releases file (files it names are relative to its folder)."""
     path = Path(path)
     r = _Reader(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such releases file") from None
-    except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    raw = read_yaml(path, "releases", SpecError)
     try:
         versions = versions or load_versions(path.parent / "versions.yml")
     except VersionsError as err:
