@@ -108,8 +108,9 @@ def test_install_is_real_with_a_bundle_or_an_explicit_skip_from_the_nodes_facts(
         assert "https://get.k3s.io is unreachable from it (curl: " in s["reason"]
     services = [s["reason"] for _, s in steps(first) if s["name"].startswith("service k3s")]
     assert len(services) == 4 and all(r.startswith("skipped: k3s") for r in services)
-    cluster = {s["name"]: s["reason"] for host, s in steps(first) if host == "node1"}
-    assert cluster["nodes Ready, workers labelled, kubeconfig (check)"] == \
+    cluster = {s["name"]: s["reason"] for host, s in steps(first) if host == "controller"}
+    assert cluster["rolling upgrade"] == "skipped: k3s is not running on node1: no cluster to upgrade yet"
+    assert cluster["nodes Ready, workers labelled, kubeconfig"] == \
         "skipped: k3s is not running on node1: no API to wait on, no kubeconfig to fetch"
 
 

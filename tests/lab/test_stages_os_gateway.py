@@ -84,6 +84,8 @@ def test_first_run_converges_with_one_reboot_per_node(lab: Any, tmp_path: Path) 
     reboots = [host for host, s in steps(data, "os")
                if s["name"] == "kernel cmdline, reboot if it changed" and "[reboot if needed]" in s["diff"]]
     assert sorted(reboots) == sorted(h.name for h in lab.hosts)
+    waits = {host: s for host, s in steps(data, "os") if s["name"] == "wait for the reboot"}   # the runner's
+    assert sorted(waits) == sorted(reboots) and all(s["status"] == "ok" for s in waits.values()), waits
     assert {h.name: boots(lab, h.name) - before[h.name] for h in lab.hosts} == {h.name: 1 for h in lab.hosts}
 
 

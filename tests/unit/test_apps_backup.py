@@ -189,19 +189,25 @@ def test_velero_policy_is_limited_to_its_bucket() -> None:
     assert "s3:ListBucket" in policy["Statement"][1]["Action"]
 
 
-def test_the_apps_stage_runs_on_every_pi_then_the_controller() -> None:
+def test_the_apps_stage_runs_on_every_pi_then_the_controller(inv: Inventory) -> None:
+    from picluster.remote.phases import ControllerPhase, HostPhase, RunOptions
+
     (apps,) = [s for s in STAGES if s.name == "apps"]
-    assert apps.built and apps.controller is not None and apps.gate == "apps"
+    hosts, releases = apps.phases(inv, RunOptions())
+    assert isinstance(hosts, HostPhase) and isinstance(releases, ControllerPhase) and apps.gate == "apps"
     assert set(apps.roles) == {"gateway", "server", "agent"}
+    (only_releases,) = apps.phases(inv, RunOptions(releases_only=True))
+    assert isinstance(only_releases, ControllerPhase)
 
 
 def test_servers_keep_local_path_non_default_across_k3s_restarts(inv: Inventory) -> None:
     from picluster.stages import k3s
     from picluster.state.skip import OnlyIf
 
+    from picluster.remote.phases import RunOptions
+
     (apps,) = [s for s in STAGES if s.name == "apps"]
-    assert apps.plan is not None
-    planner = apps.plan(inv)
+    planner = apps.phases(inv, RunOptions())[0].plan     # type: ignore[union-attr]
     (last,) = planner(inv.hosts["node1"])[-1:]
     assert isinstance(last, OnlyIf) and last.step.name == f"file {k3s.LOCAL_STORAGE}.skip"
     assert last.condition == f"test -f {k3s.LOCAL_STORAGE}"         # only once K3S has deployed it
@@ -229,12 +235,15 @@ def test_cluster_up_reports_the_releases_as_an_explicit_skip_without_helm(
     path = [d for d in os.environ["PATH"].split(":") if d and not (Path(d) / "helm").exists()]
     monkeypatch.setenv("PATH", ":".join(path))                      # the fact: no helm on PATH
     monkeypatch.setenv("PICLUSTER_KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    from picluster.remote.phases import HostPhase, RunOptions
+
     (apps,) = [s for s in STAGES if s.name == "apps"]
-    hosts_part = Stage("apps", ("server",), apps.summary, plan=lambda inv: lambda host: [],
-                       controller=apps.controller)
+    hosts_part = Stage("apps", ("server",), apps.summary,
+                       lambda inv, options: [HostPhase("nothing", lambda host: []),
+                                             apps.phases(inv, RunOptions(releases_only=True))[0]])
     inv = lab_like_inventory(tmp_path, sshd)
 
-    run = up(inv, [hosts_part], limit=["node1"], dry_run=True)
+    run = up(inv, [hosts_part], RunOptions(limit=frozenset({"node1"}), dry_run=True))
 
     outcome = run.outcomes[1]
     assert not run.failed and outcome.hosts == ["node1", "controller"]
@@ -289,11 +298,14 @@ def test_cluster_up_dry_run_plans_inside_a_dry_run_of_the_store(tmp_path: Path, 
     from picluster.stages import Stage
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    from picluster.remote.phases import HostPhase, RunOptions
+
     made: list[str] = []
     stage = Stage("apps", ("server",), "a stage whose planner needs a secret",
-                  plan=lambda inv: (made.append(secrets.ensure_secret("dry-run-probe")), lambda host: [])[1])
+                  lambda inv, options: (made.append(secrets.ensure_secret("dry-run-probe")),
+                                        [HostPhase("nothing", lambda host: [])])[1])
     inv = lab_like_inventory(tmp_path, sshd)
-    up(inv, [stage], limit=["node1"], dry_run=True)
+    up(inv, [stage], RunOptions(limit=frozenset({"node1"}), dry_run=True))
     assert made == [secrets.NOT_MADE] and secrets.read_secret("dry-run-probe") is None
     assert not secrets.is_dry_run()                                     # and it is over after the run
 

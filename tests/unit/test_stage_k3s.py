@@ -20,7 +20,9 @@ from stage_support import decide, out, reference_data, write_inventory
 
 from picluster.inventory import Inventory
 from picluster.remote import Change, Ok, ProbeOutput, StepError, changed_mark
+from picluster.remote.phases import ControllerContext, ControllerPhase, HostPhase, ResultTable, RunOptions
 from picluster.stages import STAGES, k3s
+from picluster.stages.k3s.cluster import ClusterAccess, RollingUpgrade, ServerFacts, Settle, SettleFacts, cluster_facts
 from picluster.state.skip import is_skipped
 
 VERSION = "v1.24.3+k3s1"
@@ -29,7 +31,7 @@ def secrets_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own secrets store and no air-gap bundle from the environment."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.delenv(k3s.AIRGAP_ENV, raising=False)
-    monkeypatch.delenv(k3s.KUBECONFIG_ENV, raising=False)
+    monkeypatch.delenv("PICLUSTER_KUBECONFIG", raising=False)
     return tmp_path / "config"
 
 
@@ -39,51 +41,48 @@ def inv(tmp_path: Path) -> Inventory:
 
 
 @pytest.fixture
-def plan(inv: Inventory, tmp_path: Path) -> k3s.K3sPlan:
-    return k3s.plan(inv, kubeconfig=tmp_path / "kube" / "config", progress=False)
+def plan(inv: Inventory, tmp_path: Path) -> k3s.K3sRun:
+    return k3s.prepare(inv, RunOptions(kubeconfig=tmp_path / "kube" / "config"))
 
 
 # --- plans -------------------------------------------------------------------------------------------
 
 
-def test_the_catalogue_runs_the_k3s_plan() -> None:
-    assert {s.name: s.built for s in STAGES}["k3s"]
-
-
-def test_the_first_server_also_rolls_and_settles_the_cluster(plan: k3s.K3sPlan, inv: Inventory) -> None:
-    server = [s.name for s in plan(inv.hosts["node1"])]
+def test_the_stage_installs_on_the_hosts_then_rolls_and_settles_from_the_controller(inv: Inventory) -> None:
+    host_phase, controller = next(s for s in STAGES if s.name == "k3s").phases(inv, RunOptions())
+    assert isinstance(host_phase, HostPhase) and isinstance(controller, ControllerPhase)
+    server = [s.name for s in host_phase.plan(inv.hosts["node1"])]
     assert server == ["apt curl", "graceful node shutdown settings", "k3s configuration and token",
-                      f"k3s {VERSION} (k3s)", "service k3s", "rolling upgrade plan", "rolling upgrade",
-                      "nodes Ready, workers labelled, kubeconfig (check)", "nodes Ready, workers labelled, kubeconfig"]
-    agent = [s.name for s in plan(inv.hosts["node2"])]
+                      f"k3s {VERSION} (k3s)", "service k3s"]
+    agent = [s.name for s in host_phase.plan(inv.hosts["node2"])]
     assert agent == [*server[:3], f"k3s {VERSION} (k3s-agent)", "service k3s-agent"]
 
 
 def test_an_airgap_bundle_is_staged_before_the_install(inv: Inventory, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     bundle.mkdir()
-    p = k3s.plan(inv, airgap=bundle, progress=False)
-    names = [s.name for s in p(inv.hosts["node2"])]
+    p = k3s.prepare(inv, RunOptions(airgap=bundle))
+    names = [s.name for s in p.host_plan(inv.hosts["node2"])]
     assert names.index(f"air-gap bundle staged in {k3s.STAGING}") == names.index(f"k3s {VERSION} (k3s-agent)") - 1
 
 
 def test_a_bundle_that_is_not_a_directory_fails_every_host_with_why(inv: Inventory, tmp_path: Path) -> None:
-    p = k3s.plan(inv, airgap=tmp_path / "nope", progress=False)
+    p = k3s.prepare(inv, RunOptions(airgap=tmp_path / "nope"))
     with pytest.raises(ValueError, match=r"air-gap bundle .*nope is not a directory"):
-        p(inv.hosts["node1"])
+        p.host_plan(inv.hosts["node1"])
 
 
 # --- the token -------------------------------------------------------------------------------------------
 
 
 def test_the_token_is_made_once_0600_and_never_in_a_command_or_diff(inv: Inventory, secrets_home: Path) -> None:
-    first = k3s.plan(inv, progress=False)
+    first = k3s.prepare(inv, RunOptions())
     path = secrets_home / "picluster" / "secrets" / f"k3s_token_{inv.cluster.name}"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert path.read_text().strip() == first.token and len(first.token) == 64
-    assert k3s.plan(inv, progress=False).token == first.token            # read back, not made again
+    assert k3s.prepare(inv, RunOptions()).token == first.token            # read back, not made again
 
-    batch = first(inv.hosts["node2"])[2]
+    batch = first.host_plan(inv.hosts["node2"])[2]
     missing = {k: out("", 1) for k in batch.probes()}
     decision = decide(batch, missing)
     assert isinstance(decision, Change)
@@ -96,7 +95,7 @@ def test_the_token_is_made_once_0600_and_never_in_a_command_or_diff(inv: Invento
 
 def test_the_environment_overrides_the_stored_token(inv: Inventory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(f"PICLUSTER_SECRET_K3S_TOKEN_{inv.cluster.name.upper()}", "from-env")
-    assert k3s.plan(inv, progress=False).token == "from-env"
+    assert k3s.prepare(inv, RunOptions()).token == "from-env"
 
 
 # --- rendered files (golden) -------------------------------------------------------------------------------
@@ -186,7 +185,9 @@ def test_kubelet_config_follows_the_inventory_and_matches_the_os_stages_logind(t
     inv = write_inventory(tmp_path, data)
     parsed = yaml.safe_load(k3s.kubelet_config(inv, inv.hosts["node2"]))
     assert (parsed["shutdownGracePeriod"], parsed["shutdownGracePeriodCriticalPods"]) == ("120s", "30s")
-    assert k3s.logind_delay(inv.hosts["node2"]) == 120
+    from picluster.stages.os import logind_dropin
+
+    assert "InhibitDelayMaxSec=120\n" in logind_dropin(inv.hosts["node2"])
 
 
 # --- install commands (golden) ---------------------------------------------------------------------------
@@ -354,7 +355,8 @@ def test_no_logind_setting_means_its_5s_default(inv: Inventory) -> None:
 
 def test_critical_not_below_total_is_a_clear_error(inv: Inventory) -> None:
     host = inv.hosts["node2"]
-    bad = dataclasses.replace(host, vars={**host.vars, "kubelet_shutdown_grace_period_critical_pods": 30})
+    grace = dataclasses.replace(host.settings.shutdown, critical=30)
+    bad = dataclasses.replace(host, settings=dataclasses.replace(host.settings, shutdown=grace))
     with pytest.raises(StepError, match=r"shutdownGracePeriodCriticalPods \(30s\) must be less than "
                                         r"shutdownGracePeriod \(30s\)"):
         decide(k3s.GracefulShutdown(bad), shutdown_outputs())
@@ -375,34 +377,46 @@ def nodes_json(**versions: str) -> str:
 
 
 ALL_CURRENT = nodes_json(node1=VERSION, node2=VERSION, node3=VERSION, node4=VERSION)
+API = "https://10.0.0.11:6443"
 
 
-def test_roll_plan_orders_the_stale_nodes_servers_first(inv: Inventory) -> None:
-    ctl = k3s.Controller(Path("/nonexistent/kubeconfig"), "https://10.0.0.11:6443", run_id="run1")
-    step = k3s.RollPlan(inv, VERSION, ctl)
-    assert decide(step, {"nodes": out(ALL_CURRENT)}) == Ok(f"every registered node runs {VERSION}")
+def server_facts(nodes: ProbeOutput, kubeconfig: str = "", limit: frozenset[str] | None = None) -> ServerFacts:
+    return ServerFacts(cluster_facts(nodes, "node1"), kubeconfig, limit=limit)
+
+
+def rolling(inv: Inventory, access: ClusterAccess | None = None) -> RollingUpgrade:
+    return RollingUpgrade(inv, VERSION, access or ClusterAccess(Path("/nonexistent/kubeconfig"), API),
+                          lambda host: [])
+
+
+def test_the_rolling_upgrade_orders_the_stale_nodes_servers_first(inv: Inventory) -> None:
+    step = rolling(inv)
+    assert step.decide(server_facts(out(ALL_CURRENT))) == Ok(f"every registered node runs {VERSION}")
     old = "v1.24.2+k3s1"
-    decision = decide(step, {"nodes": out(nodes_json(node1=old, node2=VERSION, node3=old, node4=old))})
-    assert isinstance(decision, Change)
+    decision = step.decide(server_facts(out(nodes_json(node1=old, node2=VERSION, node3=old, node4=old)), "cfg"))
+    assert isinstance(decision, k3s.cluster.Roll)
     assert decision.diff.endswith(f": node1 ({old}), node3 ({old}), node4 ({old})")
-    marker = json.loads(base64.b64decode(decision.commands[0].stdin or b""))
-    assert marker == {"version": VERSION, "servers": ["node1"], "agents": ["node3", "node4"], "run": "run1"}
-    assert k3s.ROLL_PENDING in decision.commands[0].script
+    assert (decision.servers, decision.agents, decision.kubeconfig) == (("node1",), ("node3", "node4"), "cfg")
+    assert decision.commands == []          # nothing left on a host: the controller acts
 
 
 def test_limit_narrows_the_rolling_upgrade_to_the_runs_hosts(inv: Inventory) -> None:
-    ctl = k3s.Controller(Path("/nonexistent/kubeconfig"), "https://10.0.0.11:6443", run_id="run2")
     old = "v1.24.2+k3s1"
-    stale = {"nodes": out(nodes_json(node1=VERSION, node2=old, node3=old, node4=old))}
-    decision = decide(k3s.RollPlan(inv, VERSION, ctl, frozenset({"node1", "node3"})), stale)
-    assert isinstance(decision, Change)
+    stale = out(nodes_json(node1=VERSION, node2=old, node3=old, node4=old))
+    decision = rolling(inv).decide(server_facts(stale, limit=frozenset({"node1", "node3"})))
+    assert isinstance(decision, k3s.cluster.Roll)
     assert decision.diff.endswith(f": node3 ({old}); not in --limit, left on their version: node2 ({old}), "
                                   f"node4 ({old})")
-    marker = json.loads(base64.b64decode(decision.commands[0].stdin or b""))
-    assert (marker["servers"], marker["agents"]) == ([], ["node3"])
-    none = decide(k3s.RollPlan(inv, VERSION, ctl, frozenset({"node1"})), stale)
+    assert (decision.servers, decision.agents) == ((), ("node3",))
+    none = rolling(inv).decide(server_facts(stale, limit=frozenset({"node1"})))
     assert none == Ok(f"no node of this run to upgrade to {VERSION}; not in --limit, left on their version: "
                       f"node2 ({old}), node3 ({old}), node4 ({old})")
+    # a run that leaves the first server out neither rolls nor settles, and says so
+    out_of_run = ServerFacts(cluster_facts(out("", 1), "node1"), in_run=False, limit=frozenset({"node3"}))
+    assert rolling(inv).decide(out_of_run) == Ok("the rolling upgrade runs from node1, which this run leaves out")
+    access = ClusterAccess(Path("/nonexistent/kubeconfig"), API)
+    assert Settle(inv, access).decide(SettleFacts(out_of_run, None, None)) == \
+        Ok("node1 (the first server) is not in this run: the cluster is not waited for")
     # the stale node itself, in a run that leaves the first server out, says how to upgrade it
     alone = decide(k3s.K3sInstall(inv, inv.hosts["node3"], VERSION, None, selected=frozenset({"node3"})),
                    install_outputs(old))
@@ -410,64 +424,36 @@ def test_limit_narrows_the_rolling_upgrade_to_the_runs_hosts(inv: Inventory) -> 
                        "this run leaves out: add node1 to --limit to upgrade node3")
 
 
-def test_the_runner_tells_a_selective_planner_its_hosts(inv: Inventory, tmp_path: Path) -> None:
-    from dataclasses import dataclass
-
-    from picluster.inventory import SshTarget
-    from picluster.remote import run_stage
-
-    @dataclass(frozen=True)
-    class Loopback:                       # never a reference address: planning fails before any connection
-        name: str
-        ssh: SshTarget
-
-    plan = k3s.K3sPlan(inv=inv, token="t", version=VERSION, bundle=None,
-                       ctl=k3s.Controller(tmp_path / "kubeconfig", "https://10.0.0.11:6443"), error="stop here")
-    hosts = [Loopback(n, SshTarget("127.0.0.1", 9, "nobody")) for n in ("node3", "node4")]
-    result = run_stage("k3s", hosts, plan, check=False)   # type: ignore[arg-type]
-    assert plan.selected == frozenset({"node3", "node4"})
-    assert [h.message for h in result.hosts] == ["planning the steps failed: ValueError: stop here"] * 2
-
-
 def test_no_k3s_on_the_server_skips_the_cluster_steps_with_the_reason(inv: Inventory, tmp_path: Path) -> None:
-    stopped = out("", k3s.NOT_RUNNING)
-    ctl = k3s.Controller(tmp_path / "kubeconfig", "https://10.0.0.11:6443")
-    assert decide(k3s.RollPlan(inv, VERSION, ctl), {"nodes": stopped}).reason == \
+    stopped = server_facts(out("", k3s.NOT_RUNNING))
+    access = ClusterAccess(tmp_path / "kubeconfig", API)
+    assert rolling(inv, access).decide(stopped).reason == \
         "skipped: k3s is not running on node1: no cluster to upgrade yet"
-    decision = decide(k3s.SettlePlan(inv, ctl), {"nodes": stopped, "sha": out("", 1)})
+    decision = Settle(inv, access).decide(SettleFacts(stopped, None, None))
     assert decision.reason == "skipped: k3s is not running on node1: no API to wait on, no kubeconfig to fetch"
 
 
-def test_settle_plan_says_what_is_missing_and_nothing_once_done(inv: Inventory, tmp_path: Path) -> None:
-    ctl = k3s.Controller(tmp_path / "kubeconfig", "https://10.0.0.11:6443")
-    step = k3s.SettlePlan(inv, ctl)
-    partial = nodes_json(node1=VERSION, node2=VERSION)
-    decision = decide(step, {"nodes": out(partial), "sha": out("abc  -\n")})
+def test_the_settle_says_what_is_missing_and_nothing_once_done(inv: Inventory, tmp_path: Path) -> None:
+    access = ClusterAccess(tmp_path / "kubeconfig", API)
+    step = Settle(inv, access)
+    partial = server_facts(out(nodes_json(node1=VERSION, node2=VERSION)), "k3s.yaml text")
+    decision = step.decide(SettleFacts(partial, None, None))
     assert isinstance(decision, Change)
     assert decision.diff.splitlines() == [
-        f"fetch /etc/rancher/k3s/k3s.yaml from node1 to {ctl.kubeconfig} (0600), server https://10.0.0.11:6443",
+        f"fetch /etc/rancher/k3s/k3s.yaml from node1 to {access.kubeconfig} (0600), server {API}",
         "wait until Ready: node3, node4",
         "label as workers (kubernetes.io/role=worker, node-role.kubernetes.io/worker=true): node3, node4"]
-    ctl.kubeconfig.write_text(k3s.kubeconfig_header("node1", "abc", ctl.api_url) + "apiVersion: v1\n")
-    ctl.kubeconfig.chmod(0o600)
-    assert decide(step, {"nodes": out(ALL_CURRENT), "sha": out("abc  -\n")}) == \
-        Ok(f"4 nodes Ready, workers labelled, {ctl.kubeconfig} is current")
-
-
-def test_settle_and_roll_act_only_on_a_marker_of_this_run(inv: Inventory, tmp_path: Path) -> None:
-    ctl = k3s.Controller(tmp_path / "kubeconfig", "https://10.0.0.11:6443")
-    acted: list[str] = []
-    earlier = json.dumps({"version": VERSION, "servers": ["node1"], "agents": [], "todo": [], "run": "earlier"})
-    for pending in (out("", 1), out(earlier)):     # none, or one a failed earlier run (or a dry run) left
-        given = {"pending": pending, "kubeconfig": out(k3s_yaml())}
-        assert decide(k3s.Settle(inv, ctl), given) == Ok("nothing pending")
-        assert decide(k3s.Roll(inv, ctl, acted.append), given) == Ok("no rolling upgrade pending")
-    assert not ctl.kubeconfig.exists() and acted == []
+    sha = hashlib.sha256(b"k3s.yaml text").hexdigest()
+    header = k3s.kubeconfig_header("node1", sha, API)
+    done = server_facts(out(ALL_CURRENT), "k3s.yaml text")
+    assert step.decide(SettleFacts(done, header, 0o600)) == \
+        Ok(f"4 nodes Ready, workers labelled, {access.kubeconfig} is current")
+    assert step.decide(SettleFacts(done, header, 0o644)).diff == f"mode of {access.kubeconfig}: 0644 -> 0600"
 
 
 def test_a_running_k3s_whose_api_does_not_answer_yet_is_waited_for(inv: Inventory, tmp_path: Path) -> None:
-    ctl = k3s.Controller(tmp_path / "kubeconfig", "https://10.0.0.11:6443")
-    decision = decide(k3s.SettlePlan(inv, ctl), {"nodes": out("", 1), "sha": out("abc  -\n")})
+    step = Settle(inv, ClusterAccess(tmp_path / "kubeconfig", API))
+    decision = step.decide(SettleFacts(server_facts(out("", 1), "k3s.yaml"), None, None))
     assert isinstance(decision, Change)
     lines = decision.diff.splitlines()
     assert lines[0] == "wait for the API (the API on node1 did not list the nodes (exit code 1))"
@@ -475,7 +461,7 @@ def test_a_running_k3s_whose_api_does_not_answer_yet_is_waited_for(inv: Inventor
     assert lines[2] == "wait until Ready: node1, node2, node3, node4"
 
 
-# --- the cluster from the first server: against kmock's API over HTTP ------------------------------------------
+# --- the cluster from the controller: against kmock's API over HTTP ------------------------------------------
 
 
 def k3s_yaml() -> str:
@@ -488,12 +474,25 @@ def k3s_yaml() -> str:
     })
 
 
-def controller(kmock: km.KubernetesEmulator, tmp_path: Path, **kwargs: Any) -> k3s.Controller:
-    return k3s.Controller(tmp_path / "ctl" / "kubeconfig", str(kmock.url).rstrip("/"), poll=0.05, run_id="run1",
-                          **kwargs)
+def access_to(kmock: km.KubernetesEmulator, tmp_path: Path, **kwargs: Any) -> ClusterAccess:
+    return ClusterAccess(tmp_path / "ctl" / "kubeconfig", str(kmock.url).rstrip("/"), poll=0.05, **kwargs)
 
 
-PENDING = {"pending": out('{"todo": [], "run": "run1"}\n'), "kubeconfig": out(k3s_yaml())}
+class HostStepsDouble(ControllerContext):
+    """Test double of the runner's context: `run_on` calls `on_host` instead of running steps over SSH."""
+
+    def __init__(self, inv: Inventory, on_host: Any) -> None:
+        super().__init__(RunOptions(), inv.select(roles=["server", "agent"]), ResultTable([]))
+        self.on_host = on_host
+
+    def run_on(self, host: Any, plan: Any) -> Any:
+        return self.on_host(host.name)
+
+
+def acted(step: Any, ctx: ControllerContext, facts: Any) -> str:
+    decision = step.decide(facts)
+    assert isinstance(decision, Change)
+    return str(step.act(ctx, decision))
 
 
 @pytest.mark.asyncio
@@ -503,21 +502,21 @@ async def test_settle_fetches_the_kubeconfig_waits_ready_and_labels_workers(
          node("node4", labels={"kubernetes.io/role": "worker", "node-role.kubernetes.io/worker": "true"}))
     kmock["list", km.resource("v1/nodes")][2:3] >> (
         lambda: kmock.objects["v1/nodes", None, "node3"].patch(node("node3")))
-    ctl = controller(kmock, tmp_path, ready_timeout=10)
-    step = k3s.Settle(inv, ctl)
+    access = access_to(kmock, tmp_path, ready_timeout=10)
+    step = Settle(inv, access)
+    facts = SettleFacts(server_facts(out(nodes_json(node1=VERSION, node2=VERSION)), k3s_yaml()), None, None)
 
-    decision = await run(decide, step, PENDING)
+    done = await run(acted, step, HostStepsDouble(inv, None), facts)
 
-    assert isinstance(decision, Change)
-    assert decision.diff.splitlines() == [
-        f"kubeconfig written to {ctl.kubeconfig} (0600), server {ctl.api_url}",
+    assert done.splitlines() == [
+        f"kubeconfig written to {access.kubeconfig} (0600), server {access.api_url}",
         "Ready: node1, node2, node3, node4", "labelled as workers: node2, node3"]
-    assert decision.commands[0].script == f"rm -f -- {k3s.SETTLE_PENDING}"
-    assert stat.S_IMODE(ctl.kubeconfig.stat().st_mode) == 0o600
-    written = ctl.kubeconfig.read_text()
+    assert stat.S_IMODE(access.kubeconfig.stat().st_mode) == 0o600
+    assert stat.S_IMODE(access.kubeconfig.parent.stat().st_mode) == 0o700
+    written = access.kubeconfig.read_text()
     assert written.startswith(k3s.kubeconfig_header("node1", hashlib.sha256(k3s_yaml().encode()).hexdigest(),
-                                                    ctl.api_url))
-    assert yaml.safe_load(written)["clusters"][0]["cluster"]["server"] == ctl.api_url
+                                                    access.api_url))
+    assert yaml.safe_load(written)["clusters"][0]["cluster"]["server"] == access.api_url
     labels = kmock.objects["v1/nodes", None, "node2"]["metadata"]["labels"]
     assert (labels["kubernetes.io/role"], labels["node-role.kubernetes.io/worker"]) == ("worker", "true")
     assert "kubernetes.io/role" not in kmock.objects["v1/nodes", None, "node1"]["metadata"]["labels"]
@@ -530,10 +529,11 @@ async def test_settle_fetches_the_kubeconfig_waits_ready_and_labels_workers(
 async def test_settle_timeout_names_the_missing_node_and_where_to_look(
         kmock: km.KubernetesEmulator, inv: Inventory, tmp_path: Path) -> None:
     seed(kmock, node("node1", roles=("control-plane", "master")), node("node2"), node("node3"))
-    step = k3s.Settle(inv, controller(kmock, tmp_path, ready_timeout=0.3))
+    step = Settle(inv, access_to(kmock, tmp_path, ready_timeout=0.3))
+    facts = SettleFacts(server_facts(out(nodes_json(node1=VERSION)), k3s_yaml()), None, None)
 
     with pytest.raises(StepError) as err:
-        await run(decide, step, PENDING)
+        await run(acted, step, HostStepsDouble(inv, None), facts)
 
     assert "node4 (agent): never registered with the API server" in str(err.value)
     assert "on node4 look at `systemctl status k3s-agent` and `journalctl -u k3s-agent`" in str(err.value)
@@ -554,24 +554,22 @@ async def test_roll_upgrades_servers_then_agents_one_at_a_time_through_the_api(
     seed(kmock, *objs, pod("web-7d4b9-abcde", "node3"))
     allow_eviction(kmock, "default", "web-7d4b9-abcde")
     loop = asyncio.get_running_loop()
-    acted: list[tuple[str, bool]] = []
+    upgraded: list[tuple[str, bool]] = []
 
-    def act(name: str) -> None:          # the SSH part: K3S restarts with the new kubelet
+    def upgrade(name: str) -> None:          # the host steps: K3S restarts with the new kubelet
         cordoned = kmock.objects["v1/nodes", None, name]["spec"].get("unschedulable") is True
-        acted.append((name, cordoned))
+        upgraded.append((name, cordoned))
         info = {**node(name)["status"]["nodeInfo"], "kubeletVersion": new}
         loop.call_soon_threadsafe(lambda: kmock.objects["v1/nodes", None, name].patch(
             {"status": {"nodeInfo": info}}))
 
-    ctl = controller(kmock, tmp_path, ready_timeout=10, drain_timeout=5)
-    plan = json.dumps({"version": new, "servers": ["node1"], "agents": ["node3", "node4"], "run": "run1"})
-    step = k3s.Roll(inv, ctl, act)
+    step = rolling(inv, access_to(kmock, tmp_path, ready_timeout=10, drain_timeout=5))
+    listed = nodes_json(node1=old, node2=new, node3=old, node4=old)
 
-    decision = await run(decide, step, {"pending": out(plan), "kubeconfig": out(k3s_yaml())})
+    done = await run(acted, step, HostStepsDouble(inv, upgrade), server_facts(out(listed), k3s_yaml()))
 
-    assert acted == [("node1", True), ("node3", True), ("node4", True)]
-    assert decision == Change("upgraded one at a time: node1, node3, node4",
-                              [k3s.Command(f"rm -f -- {k3s.ROLL_PENDING}")])
+    assert upgraded == [("node1", True), ("node3", True), ("node4", True)]
+    assert done == "upgraded one at a time: node1, node3, node4"
     assert all("unschedulable" not in kmock.objects["v1/nodes", None, n]["spec"] for n in ("node1", "node3"))
     assert [r.url.path for r in all_evictions(kmock)] == ["/api/v1/namespaces/default/pods/web-7d4b9-abcde/eviction"]
     assert server_faults(kmock) == []
@@ -583,16 +581,16 @@ async def test_a_failed_upgrade_stops_the_roll_and_says_where(
     seed(kmock, node("node1", roles=("control-plane", "master")), node("node3"), node("node4"),
          pod("web-7d4b9-abcde", "node3"))
 
-    def act(name: str) -> None:
-        raise RuntimeError(f"upgrading k3s on {name} failed: install script exited 1")
+    def upgrade(name: str) -> None:
+        raise StepError(f"{name}: step 'k3s {VERSION} (k3s)': install script exited 1")
 
-    step = k3s.Roll(inv, controller(kmock, tmp_path, ready_timeout=1, drain_timeout=1), act)
-    plan = json.dumps({"version": VERSION, "servers": ["node1"], "agents": ["node3"], "run": "run1"})
+    step = rolling(inv, access_to(kmock, tmp_path, ready_timeout=1, drain_timeout=1))
+    listed = nodes_json(node1="v1.24.2+k3s1", node3="v1.24.2+k3s1", node4=VERSION)
 
     with pytest.raises(StepError) as err:
-        await run(decide, step, {"pending": out(plan), "kubeconfig": out(k3s_yaml())})
+        await run(acted, step, HostStepsDouble(inv, upgrade), server_facts(out(listed), k3s_yaml()))
 
-    assert str(err.value).startswith("rolling upgrade stopped: node1 (server): upgrade failed: upgrading k3s on "
-                                     "node1 failed: install script exited 1; node1 stays cordoned; done: none; "
+    assert str(err.value).startswith(f"rolling upgrade stopped: node1 (server): upgrade failed: node1: step 'k3s "
+                                     f"{VERSION} (k3s)': install script exited 1; node1 stays cordoned; done: none; "
                                      "not started: node3")
     assert kmock.objects["v1/nodes", None, "node3"]["spec"].get("unschedulable") is None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 from stage_support import KEY, MISSING, NO_MARKS, b64, decide, out, reference_data, write_inventory
@@ -19,7 +18,7 @@ from picluster.state.checked_file import checked_write
 from picluster.state.cloud_init import RESULT, CloudInitDone
 from picluster.state.hostname import Hostname
 from picluster.state.hosts_entry import HostsEntry
-from picluster.state.reboot import PENDING, AwaitBoot, Reboot
+from picluster.state.reboot import Reboot
 from picluster.state.shared_kernel import MODULES_FILE, ModulesLoaded, SysctlsSet
 from picluster.state.skip import OnlyIf, is_skipped
 from picluster.state.snaps import SnapsRemoved
@@ -37,15 +36,18 @@ def inv(tmp_path_factory: pytest.TempPathFactory) -> Inventory:
 # --- plans -------------------------------------------------------------------------------------------
 
 
-def test_the_catalogue_runs_the_os_and_gateway_plans() -> None:
-    built = {s.name: s.built for s in STAGES}
-    assert built["os"] and built["gateway"]
+def test_the_catalogue_runs_the_os_and_gateway_plans(inv: Inventory) -> None:
+    from picluster.remote.phases import HostPhase, RunOptions
+
+    for name in ("os", "gateway"):
+        (phase,) = next(s for s in STAGES if s.name == name).phases(inv, RunOptions())
+        assert isinstance(phase, HostPhase) and phase.plan(inv.hosts["gateway"])
 
 
 def test_every_role_gets_the_os_steps_in_order(inv: Inventory) -> None:
     names = [s.name for s in os_stage.host_steps(inv, inv.hosts["gateway"])]
     assert names[0] == "cloud-init finished"
-    order = ["kernel cmdline, reboot if it changed", "wait for the reboot", "kernel modules, sysctls, swap"]
+    order = ["kernel cmdline, reboot if it changed", "kernel modules, sysctls, swap"]
     assert [names.index(n) for n in order] == sorted(names.index(n) for n in order)
     assert names[-1].startswith("sshd hardening")
     assert not any(n.startswith("data volume") for n in names)  # the gateway declares no data partition
@@ -333,30 +335,16 @@ def test_snaps_are_removed_then_snapd() -> None:
 # --- reboot -------------------------------------------------------------------------------------------------
 
 
-class FakeHost:
-    name = "node1"
-    ssh: Any = None
+def test_reboot_only_when_a_step_asked_for_it_and_the_runner_is_told_the_boot_it_left() -> None:
+    from picluster.remote.reboot import rebooting_from
 
-
-def test_reboot_only_when_a_step_asked_for_it() -> None:
     assert decide(Reboot(), {"boot_id": out("aaaa\n")}) == Ok("no step of this run needs a reboot")
     decision = decide(Reboot(), {"boot_id": out("aaaa\n")}, frozenset({NEEDS_REBOOT}))
     assert isinstance(decision, Change) and decision.clears == frozenset({NEEDS_REBOOT})
-    assert f"> {PENDING}" in decision.commands[0].script and "systemd-run" in decision.commands[0].script
-
-
-def test_await_boot_waits_for_a_new_boot_id() -> None:
-    answers = iter([None, "aaaa", None, "bbbb"])
-    step = AwaitBoot(FakeHost(), poll_s=0.0, reader=lambda host, timeout: next(answers))
-    decision = decide(step, {"pending": out("aaaa\n")})
-    assert isinstance(decision, Ok) and "with a new boot id (bbbb)" in decision.reason
-    assert decide(step, {"pending": out("", 1)}) == Ok("no reboot pending")
-
-
-def test_await_boot_gives_up_with_what_to_do() -> None:
-    step = AwaitBoot(FakeHost(), wait_s=0.05, poll_s=0.01, reader=lambda host, timeout: None)
-    with pytest.raises(StepError, match="did not come back within 0s after its reboot; check its console"):
-        decide(step, {"pending": out("aaaa\n")})
+    assert rebooting_from(decision.sets) == "aaaa"
+    script = decision.commands[0].script
+    assert "systemd-run" in script and "--on-active=2" in script
+    assert "--timer-property=AccuracySec=100ms" in script   # a transient timer fires up to a minute late without
 
 
 # --- data volume --------------------------------------------------------------------------------------------

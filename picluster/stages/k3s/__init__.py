@@ -47,6 +47,8 @@ from picluster.stages.k3s.config import (
 )
 from picluster.stages.k3s.install import (
     AIRGAP_ENV,
+    LOCAL_STORAGE,
+    STAGING,
     Airgap,
     AirgapStaged,
     K3sInstall,
@@ -58,10 +60,34 @@ from picluster.state.batch import Batch
 from picluster.state.skip import OnlyIf
 
 __all__ = [
-    "AIRGAP_ENV", "NODES_PROBE", "NOT_RUNNING", "Airgap", "AirgapStaged", "ClusterAccess", "GracefulShutdown",
-    "K3sInstall", "K3sRun", "RollingUpgrade", "Settle", "config_yaml", "host_steps", "install_script",
-    "kubeconfig_header", "kubeconfig_path", "kubelet_config", "local_kubeconfig_text", "local_path_kept_non_default",
-    "parse_nodes", "phases", "prepare", "primary_server", "server_url", "token_secret", "upgrade_steps",
+    "AIRGAP_ENV",
+    "LOCAL_STORAGE",
+    "NODES_PROBE",
+    "NOT_RUNNING",
+    "STAGING",
+    "Airgap",
+    "AirgapStaged",
+    "ClusterAccess",
+    "GracefulShutdown",
+    "K3sInstall",
+    "K3sRun",
+    "RollingUpgrade",
+    "Settle",
+    "config_yaml",
+    "host_steps",
+    "install_script",
+    "kubeconfig_header",
+    "kubeconfig_path",
+    "kubelet_config",
+    "local_kubeconfig_text",
+    "local_path_kept_non_default",
+    "parse_nodes",
+    "phases",
+    "prepare",
+    "primary_server",
+    "server_url",
+    "token_secret",
+    "upgrade_steps",
 ]
 
 
