@@ -219,8 +219,8 @@ def run_controller_step(ctx: ControllerContext, step: ControllerStep[Any]) -> St
     try:
         decision = step.decide(step.facts(ctx))
         if isinstance(decision, Ok):
-            status = "skipped" if decision.skipped else "ok"
-            return StepResult(step.name, status, time.monotonic() - start, reason=decision.reason)
+            return StepResult(step.name, "skipped" if decision.skipped else "ok", time.monotonic() - start,
+                              reason=decision.reason)
         done = decision.diff if ctx.options.dry_run else step.act(ctx, decision)
         return StepResult(step.name, "changed", time.monotonic() - start, diff=done)
     except StepError as err:

@@ -39,8 +39,7 @@ def check(c: Context, inventory: str | None = None, stage: str | None = None, li
         if s.gate is None or not targets:
             continue
         if not gate_file(s.gate).exists():
-            print(f"{s.name}: no checks yet (tests/infra/test_{s.gate}.py arrives with issue #{s.issue})")
-            continue
+            raise Exit(f"error: the {s.name} checks are missing: tests/infra/test_{s.gate}.py", code=1)
         report = None
         if junit:
             report = junit if len(stages) == 1 else junit.replace(".xml", f"-{s.gate}.xml")

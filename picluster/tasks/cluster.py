@@ -13,6 +13,7 @@ from picluster.tasks._stage import AIRGAP_HELP, run_options
 if TYPE_CHECKING:
     from picluster.inventory import Host, Inventory
     from picluster.kube import Kube
+    from picluster.ops.power import PowerObserver
 
 
 @task(
@@ -70,6 +71,20 @@ def up(
     if run.failed:
         raise Exit("cluster.up failed: see the stage errors above; fix them and run again "
                    "(it only changes what still differs)", code=1)
+
+
+def _power_observer(inv: Inventory) -> PowerObserver:
+    """Down means a silent SSH port; a lab node's network namespace outlives its container (its address
+    keeps answering with resets), so for a lab inventory the lab's record of each node says it instead."""
+    from picluster.ops.power import PowerObserver
+
+    if inv.lab is None:
+        return PowerObserver()
+    from picluster.lab import Lab
+
+    lab = Lab(inv)
+    return PowerObserver(lambda name: {s.name: s.state for s in lab.status()}.get(name) == "stopped",
+                         how="the lab's record of the node's container (its network namespace outlives it)")
 
 
 KUBECONFIG_HELP = "the cluster's kubeconfig (default: $PICLUSTER_KUBECONFIG, else the one the k3s stage fetched)"
@@ -141,7 +156,7 @@ def shutdown(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from picluster.ops.shutdown import PowerObserver, event_line, lab_observer, print_shutdown
+    from picluster.ops.shutdown import event_line, print_shutdown
     from picluster.ops.shutdown import shutdown as run_shutdown
     from picluster.report import write_report
 
@@ -151,7 +166,7 @@ def shutdown(
     console = Console()
     has_agents = any(h.role == "agent" for h in hosts)
     kube, note = _kube(inv, kubeconfig, wanted=not no_drain and has_agents)
-    observer = PowerObserver(lab_observer(inv))
+    observer = _power_observer(inv)
     console.print(f"[dim]down means: {observer.how}[/dim]", highlight=False)
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console)

@@ -162,9 +162,9 @@ def prepare(inv: Inventory, options: RunOptions, *, version: str | None = None, 
                   limit=options.limit, error=error)
 
 
-def phases(inv: Inventory, options: RunOptions, **waits: float) -> list[Phase]:
+def phases(inv: Inventory, options: RunOptions) -> list[Phase]:
     """Return the stage's phases: install and configure every node, then roll and settle from the controller."""
-    run = prepare(inv, options, **waits)
+    run = prepare(inv, options)
     return [
         HostPhase("install", run.host_plan),
         controller_steps("cluster", RollingUpgrade(inv, run.version, run.access, lambda h: upgrade_steps(run, h)),
