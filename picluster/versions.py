@@ -13,7 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from picluster.yamlfile import read_yaml
+from picluster.yamlfile import Checker, read_yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VERSIONS = REPO_ROOT / "k8s" / "versions.yml"
@@ -143,32 +143,11 @@ class Versions:
         return [c for c in self.charts.values() if c not in used]
 
 
-class _Reader:
+class _Reader(Checker):
     """Typed access to the raw YAML that fails with the file and the key path."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def fail(self, key: str, problem: str) -> VersionsError:
-        return VersionsError(f"{self.path}: {key}: {problem}")
-
-    def mapping(self, value: Any, key: str, allowed: set[str]) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise self.fail(key, f"expected a mapping, got {type(value).__name__}")
-        for k in value:
-            if k not in allowed:
-                raise self.fail(f"{key}.{k}" if key else str(k),
-                                f"unknown key; allowed: {', '.join(sorted(allowed))}")
-        return value
-
-    def text(self, value: Any, key: str, *, required: bool = True) -> str:
-        if value is None and not required:
-            return ""
-        if isinstance(value, bool) or not isinstance(value, str) or not value.strip():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                raise self.fail(key, f"expected a string, got the number {value!r}; quote it: \"{value}\"")
-            raise self.fail(key, f"expected a non-empty string, got {value!r}")
-        return value.strip()
+        super().__init__(path, VersionsError)
 
     def version(self, value: Any, key: str) -> str:
         v = self.text(value, key)
@@ -176,131 +155,153 @@ class _Reader:
             raise self.fail(key, f"{v!r} is not a pinned version; write the exact version")
         return v
 
+    def optional_text(self, value: Any, key: str) -> str:
+        return "" if value is None else self.text(value, key)
+
+    def named(self, value: Any, key: str, what: str) -> list[tuple[str, Any, str]]:
+        """The entries of a section of named entries: (name, entry, its key path), names checked."""
+        out = []
+        for name, spec in self.table(value, key).items():
+            if not _NAME.match(str(name)):
+                raise self.fail(f"{key}.{name}", f"a {what} name is lowercase letters, digits and dashes")
+            out.append((str(name), spec, f"{key}.{name}"))
+        return out
+
+    def https(self, value: Any, key: str) -> str:
+        url = self.text(value, key)
+        if not url.startswith("https://"):
+            raise self.fail(key, f"{url!r} is not an https:// URL")
+        return url
+
 
 def load_versions(path: str | Path = DEFAULT_VERSIONS) -> Versions:
     """Read and validate a versions file; raise VersionsError (one line) on the first problem."""
     path = Path(path)
     r = _Reader(path)
-    raw = read_yaml(path, "versions", VersionsError)
-    top = r.mapping(raw, "", _TOP_KEYS)
-    for key in sorted(_TOP_KEYS):
-        if key not in top:
-            raise r.fail(key, "missing")
-
+    top = r.mapping(read_yaml(path, "versions", VersionsError), "", required=_TOP_KEYS)
     k3s = r.version(top["k3s"], "k3s")
     if not _K3S.match(k3s):
         raise r.fail("k3s", f"{k3s!r} is not a K3S release such as v1.24.3+k3s1")
-
-    repos: dict[str, str] = {}
-    notes: dict[str, str] = {}
-    for name, spec in r.mapping(top["repos"], "repos", set(top["repos"] or {})).items():
-        key = f"repos.{name}"
-        if not _NAME.match(str(name)):
-            raise r.fail(key, "a repo name is lowercase letters, digits and dashes")
-        spec = r.mapping(spec, key, _REPO_KEYS)
-        url = r.text(spec.get("url"), f"{key}.url")
-        if not url.startswith("https://"):
-            raise r.fail(f"{key}.url", f"{url!r} is not an https:// URL")
-        repos[name] = url
-        if spec.get("note"):
-            notes[name] = r.text(spec["note"], f"{key}.note")
-
-    charts: dict[str, Chart] = {}
-    raw_charts = r.mapping(top["charts"], "charts", set(top["charts"] or {}))
-    for name, spec in raw_charts.items():
-        key = f"charts.{name}"
-        if not _NAME.match(str(name)):
-            raise r.fail(key, "a chart name is lowercase letters, digits and dashes")
-        spec = r.mapping(spec, key, _CHART_KEYS)
-        version = r.version(spec.get("version"), f"{key}.version")
-        parent = spec.get("parent")
-        repo = spec.get("repo")
-        if (parent is None) == (repo is None):
-            raise r.fail(key, "give exactly one of repo (a Helm repo name) or parent (the chart that pins it)")
-        if repo is not None and repo not in repos:
-            raise r.fail(f"{key}.repo", f"unknown repo {repo!r}; known: {', '.join(sorted(repos))}")
-        if parent is not None and parent not in raw_charts:
-            raise r.fail(f"{key}.parent", f"unknown chart {parent!r}")
-        bundled = spec.get("bundled")
-        if bundled is not None and bundled != "k3s":
-            raise r.fail(f"{key}.bundled", f"{bundled!r}: the only bundler known is k3s")
-        charts[name] = Chart(repo=repo, name=r.text(spec.get("name", name), f"{key}.name"), version=version,
-                             url=repos.get(repo) if repo else None, bundled=bundled, parent=parent)
-
-    binaries = {name: _binary(r, name, spec)
-                for name, spec in r.mapping(top["binaries"], "binaries", set(top["binaries"] or {})).items()}
-
-    dashboards: dict[str, GrafanaDashboard] = {}
-    for name, spec in r.mapping(top["dashboards"], "dashboards", set(top["dashboards"] or {})).items():
-        key = f"dashboards.{name}"
-        if not _NAME.match(str(name)):
-            raise r.fail(key, "a dashboard name is lowercase letters, digits and dashes")
-        spec = r.mapping(spec, key, _DASHBOARD_KEYS)
-        ids = {k: spec.get(k) for k in sorted(_DASHBOARD_KEYS)}
-        for k, v in ids.items():
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise r.fail(f"{key}.{k}", f"expected a positive whole number, got {v!r}")
-        dashboards[str(name)] = GrafanaDashboard(str(name), spec["gnet_id"], spec["revision"])
-
-    rows: list[Row] = []
-    raw_rows = top["release"]
-    if not isinstance(raw_rows, list) or not raw_rows:
-        raise r.fail("release", "expected a non-empty list of rows")
-    for i, spec in enumerate(raw_rows):
-        key = f"release[{i}]"
-        spec = r.mapping(spec, key, _ROW_KEYS)
-        chart_name = spec.get("chart")
-        if chart_name is not None and chart_name not in charts:
-            raise r.fail(f"{key}.chart", f"unknown chart {chart_name!r}; add it under charts")
-        binary_name = spec.get("binary")
-        if binary_name is not None and binary_name not in binaries:
-            raise r.fail(f"{key}.binary", f"unknown binary {binary_name!r}; add it under binaries")
-        if binary_name is not None and binaries[binary_name].version != str(spec.get("version")):
-            raise r.fail(f"{key}.version", f"{spec.get('version')!r} is not binaries.{binary_name}.version "
-                                           f"{binaries[binary_name].version!r}; make them one")
-        rows.append(Row(type=r.text(spec.get("type"), f"{key}.type"),
-                        software=r.text(spec.get("software"), f"{key}.software"),
-                        version=r.version(spec.get("version"), f"{key}.version"),
-                        chart=charts[chart_name] if chart_name is not None else None,
-                        notes=r.text(spec.get("notes"), f"{key}.notes", required=False),
-                        binary=binaries[binary_name] if binary_name is not None else None))
-
-    k3s_rows = [row for row in rows if row.software == "K3S"]
-    if len(k3s_rows) != 1:
-        raise r.fail("release", f"expected exactly one K3S row, found {len(k3s_rows)}")
-    if not k3s.startswith(k3s_rows[0].version + "+"):
-        raise r.fail("k3s", f"{k3s} is not a build of the release table's K3S {k3s_rows[0].version}")
-    return Versions(path=path, k3s=k3s, repos=repos, repo_notes=notes, charts=charts, release=tuple(rows),
+    repos, notes = _repos(r, top["repos"])
+    charts = _charts(r, top["charts"], repos)
+    binaries = {name: _binary(r, name, key, spec) for name, spec, key in r.named(top["binaries"], "binaries", "binary")}
+    dashboards = {name: _dashboard(r, name, key, spec)
+                  for name, spec, key in r.named(top["dashboards"], "dashboards", "dashboard")}
+    rows = _rows(r, top["release"], charts, binaries)
+    _check_k3s_row(r, k3s, rows)
+    return Versions(path=path, k3s=k3s, repos=repos, repo_notes=notes, charts=charts, release=rows,
                     binaries=binaries, dashboards=dashboards)
 
 
-def _binary(r: _Reader, name: Any, spec: Any) -> Binary:
-    key = f"binaries.{name}"
-    if not _NAME.match(str(name)):
-        raise r.fail(key, "a binary name is lowercase letters, digits and dashes")
-    spec = r.mapping(spec, key, _BINARY_KEYS)
+def _repos(r: _Reader, data: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """The Helm repos' URLs, and the notes of those that have one."""
+    repos: dict[str, str] = {}
+    notes: dict[str, str] = {}
+    for name, spec, key in r.named(data, "repos", "repo"):
+        spec = r.mapping(spec, key, optional=_REPO_KEYS)
+        repos[name] = r.https(spec.get("url"), f"{key}.url")
+        if spec.get("note"):
+            notes[name] = r.text(spec["note"], f"{key}.note")
+    return repos, notes
+
+
+def _charts(r: _Reader, data: Any, repos: dict[str, str]) -> dict[str, Chart]:
+    """The pinned charts, each from a known repo or pinned by a known parent chart."""
+    named = r.named(data, "charts", "chart")
+    known = {name for name, _spec, _key in named}
+    return {name: _chart(r, key, r.mapping(spec, key, optional=_CHART_KEYS), name, repos, known)
+            for name, spec, key in named}
+
+
+def _chart(r: _Reader, key: str, spec: dict[str, Any], name: str, repos: dict[str, str], charts: set[str]) -> Chart:
     version = r.version(spec.get("version"), f"{key}.version")
-    url = r.text(spec.get("url"), f"{key}.url")
-    if not url.startswith("https://"):
-        raise r.fail(f"{key}.url", f"{url!r} is not an https:// URL")
+    parent = spec.get("parent")
+    repo = spec.get("repo")
+    if (parent is None) == (repo is None):
+        raise r.fail(key, "give exactly one of repo (a Helm repo name) or parent (the chart that pins it)")
+    if repo is not None and repo not in repos:
+        raise r.fail(f"{key}.repo", f"unknown repo {repo!r}; known: {', '.join(sorted(repos))}")
+    if parent is not None and parent not in charts:
+        raise r.fail(f"{key}.parent", f"unknown chart {parent!r}")
+    bundled = spec.get("bundled")
+    if bundled is not None and bundled != "k3s":
+        raise r.fail(f"{key}.bundled", f"{bundled!r}: the only bundler known is k3s")
+    return Chart(repo=repo, name=r.text(spec.get("name", name), f"{key}.name"), version=version,
+                 url=repos.get(repo) if repo else None, bundled=bundled, parent=parent)
+
+
+def _binary(r: _Reader, name: str, key: str, spec: Any) -> Binary:
+    spec = r.mapping(spec, key, optional=_BINARY_KEYS)
+    version = r.version(spec.get("version"), f"{key}.version")
+    url = r.https(spec.get("url"), f"{key}.url")
     if "{arch}" not in url:
         raise r.fail(f"{key}.url", "has no {arch}: every architecture would get the same build")
-    sums: dict[str, str] = {}
-    for arch, digest in r.mapping(spec.get("sha256", {}), f"{key}.sha256", set(spec.get("sha256") or {})).items():
-        if not _ARCH.match(str(arch)):
-            raise r.fail(f"{key}.sha256.{arch}", "not a dpkg architecture such as arm64")
-        if not isinstance(digest, str) or not _SHA256.match(digest):
-            raise r.fail(f"{key}.sha256.{arch}", "expected 64 lowercase hex digits")
-        sums[str(arch)] = digest
-    sum_url = r.text(spec.get("sha256_url"), f"{key}.sha256_url", required=False)
+    sums = _digests(r, spec.get("sha256", {}), f"{key}.sha256")
+    sum_url = r.optional_text(spec.get("sha256_url"), f"{key}.sha256_url")
     if bool(sums) == bool(sum_url):
         raise r.fail(key, "give exactly one of sha256 (digests per architecture) or sha256_url (the vendor's file)")
-    binary = Binary(name=str(name), version=version, url_template=url, sha256=sums, sha256_url_template=sum_url)
+    binary = Binary(name=name, version=version, url_template=url, sha256=sums, sha256_url_template=sum_url)
     try:
         binary.url("arm64"), binary.sha256_url("arm64")
     except (KeyError, IndexError, ValueError) as err:
         raise r.fail(key, f"a url has a placeholder other than {{version}}, {{arch}} and {{url}}: {err}") from None
     return binary
+
+
+def _digests(r: _Reader, data: Any, key: str) -> dict[str, str]:
+    """A binary's pinned sha256 digests, per dpkg architecture."""
+    sums: dict[str, str] = {}
+    for arch, digest in r.table(data, key).items():
+        if not _ARCH.match(str(arch)):
+            raise r.fail(f"{key}.{arch}", "not a dpkg architecture such as arm64")
+        if not isinstance(digest, str) or not _SHA256.match(digest):
+            raise r.fail(f"{key}.{arch}", "expected 64 lowercase hex digits")
+        sums[str(arch)] = digest
+    return sums
+
+
+def _dashboard(r: _Reader, name: str, key: str, spec: Any) -> GrafanaDashboard:
+    spec = r.mapping(spec, key, optional=_DASHBOARD_KEYS)
+    for k in sorted(_DASHBOARD_KEYS):
+        v = spec.get(k)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise r.fail(f"{key}.{k}", f"expected a positive whole number, got {v!r}")
+    return GrafanaDashboard(name, spec["gnet_id"], spec["revision"])
+
+
+def _rows(r: _Reader, data: Any, charts: dict[str, Chart], binaries: dict[str, Binary]) -> tuple[Row, ...]:
+    """The release table: a non-empty list of rows naming known charts and binaries."""
+    if not isinstance(data, list) or not data:
+        raise r.fail("release", "expected a non-empty list of rows")
+    return r.items(data, "release", lambda spec, key: _row(r, spec, key, charts, binaries))
+
+
+def _row(r: _Reader, spec: Any, key: str, charts: dict[str, Chart], binaries: dict[str, Binary]) -> Row:
+    spec = r.mapping(spec, key, optional=_ROW_KEYS)
+    chart_name = spec.get("chart")
+    if chart_name is not None and chart_name not in charts:
+        raise r.fail(f"{key}.chart", f"unknown chart {chart_name!r}; add it under charts")
+    binary_name = spec.get("binary")
+    if binary_name is not None and binary_name not in binaries:
+        raise r.fail(f"{key}.binary", f"unknown binary {binary_name!r}; add it under binaries")
+    if binary_name is not None and binaries[binary_name].version != str(spec.get("version")):
+        raise r.fail(f"{key}.version", f"{spec.get('version')!r} is not binaries.{binary_name}.version "
+                                       f"{binaries[binary_name].version!r}; make them one")
+    return Row(type=r.text(spec.get("type"), f"{key}.type"),
+               software=r.text(spec.get("software"), f"{key}.software"),
+               version=r.version(spec.get("version"), f"{key}.version"),
+               chart=charts[chart_name] if chart_name is not None else None,
+               notes=r.optional_text(spec.get("notes"), f"{key}.notes"),
+               binary=binaries[binary_name] if binary_name is not None else None)
+
+
+def _check_k3s_row(r: _Reader, k3s: str, rows: tuple[Row, ...]) -> None:
+    """The table has one K3S row, and the pinned build is of its release."""
+    k3s_rows = [row for row in rows if row.software == "K3S"]
+    if len(k3s_rows) != 1:
+        raise r.fail("release", f"expected exactly one K3S row, found {len(k3s_rows)}")
+    if not k3s.startswith(k3s_rows[0].version + "+"):
+        raise r.fail("k3s", f"{k3s} is not a build of the release table's K3S {k3s_rows[0].version}")
 
 
 @cache

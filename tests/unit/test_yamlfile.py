@@ -23,7 +23,7 @@ class Refused(Exception):
 def loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Each test runs on libyaml's parser (where PyYAML has it) and on PyYAML's own."""
     if request.param == "python":
-        monkeypatch.setattr(yamlfile, "_Loader", yamlfile._PyLoader)
+        monkeypatch.setattr(yamlfile, "_EVENTS", yamlfile._PyEvents)
     return str(request.param)
 
 

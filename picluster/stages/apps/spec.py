@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from picluster.versions import REPO_ROOT, Chart, Versions, VersionsError, load_versions
-from picluster.yamlfile import read_yaml
+from picluster.yamlfile import Checker, read_yaml
 
 K8S_DIR = REPO_ROOT / "k8s"
 DEFAULT_RELEASES = K8S_DIR / "releases.yml"
@@ -138,112 +138,96 @@ def _cycle(graph: Mapping[str, Sequence[str]], waiting: list[str]) -> list[str]:
         path.append(current)
 
 
-class _Reader:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+class _Reader(Checker):
+    def __init__(self, path: Path, base: Path) -> None:
+        super().__init__(path, SpecError)
+        self.base = base
 
-    def fail(self, key: str, problem: str) -> SpecError:
-        return SpecError(f"{self.path}: {key}: {problem}")
+    def name(self, value: Any, key: str, pattern: re.Pattern[str] = _NAME) -> str:
+        return self.text(value, key, pattern, "a valid name (lowercase letters, digits and dashes)")
 
-    def mapping(self, value: Any, key: str, allowed: set[str]) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise self.fail(key, f"expected a mapping, got {type(value).__name__}")
-        for k in value:
-            if k not in allowed:
-                raise self.fail(f"{key}.{k}", f"unknown key; allowed: {', '.join(sorted(allowed))}")
-        return value
-
-    def text(self, value: Any, key: str, pattern: re.Pattern[str] | None = None) -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(key, f"expected a non-empty string, got {value!r}")
-        if pattern is not None and not pattern.match(value):
-            raise self.fail(key, f"{value!r} is not a valid name (lowercase letters, digits and dashes)")
-        return value
-
-    def names(self, value: Any, key: str) -> tuple[str, ...]:
-        if value is None:
-            return ()
-        if not isinstance(value, list):
-            raise self.fail(key, f"expected a list, got {type(value).__name__}")
-        return tuple(self.text(v, f"{key}[{i}]") for i, v in enumerate(value))
-
-    def file(self, base: Path, value: Any, key: str) -> str:
+    def file(self, value: Any, key: str) -> str:
+        """A file under the releases file's folder, as the relative path written."""
         rel = self.text(value, key)
-        target = (base / rel).resolve()
-        if base.resolve() not in target.parents:
-            raise self.fail(key, f"{rel!r} is outside {base}")
+        target = (self.base / rel).resolve()
+        if self.base.resolve() not in target.parents:
+            raise self.fail(key, f"{rel!r} is outside {self.base}")
         if not target.is_file():
-            raise self.fail(key, f"{rel!r}: no such file under {base}")
+            raise self.fail(key, f"{rel!r}: no such file under {self.base}")
         return rel
 
 
 def load_releases(path: str | Path = DEFAULT_RELEASES, versions: Versions | None = None) -> Releases:
     """Read and validate a releases file (files it names are relative to its folder)."""
     path = Path(path)
-    r = _Reader(path)
+    r = _Reader(path, path.parent)
     raw = read_yaml(path, "releases", SpecError)
     try:
         versions = versions or load_versions(path.parent / "versions.yml")
     except VersionsError as err:
         raise SpecError(str(err)) from None
-    top = r.mapping(raw, "", {"releases"})
-    entries = top.get("releases")
+    entries = r.mapping(raw, "", required={"releases"})["releases"]
     if not isinstance(entries, list) or not entries:
         raise r.fail("releases", "expected a non-empty list")
-    base = path.parent
-    out: list[Release] = []
-    seen: set[str] = set()
-    for i, entry in enumerate(entries):
-        key = f"releases[{i}]"
-        e = r.mapping(entry, key, _RELEASE_KEYS)
-        name = r.text(e.get("name"), f"{key}.name", _NAME)
-        if name in seen:
-            raise r.fail(f"{key}.name", f"release {name!r} is listed twice")
-        seen.add(name)
-        chart = _chart(r, versions, e.get("chart"), f"{key}.chart")
-        bundled = e.get("bundled")
-        if bundled is not None and bundled != chart.bundled:
-            raise r.fail(f"{key}.bundled", f"{bundled!r}, but {versions.path} says chart {chart.name} is "
-                                           f"bundled: {chart.bundled!r}")
-        if bundled is None and not chart.installable:
-            raise r.fail(f"{key}.chart", f"chart {chart.name} is not installable with helm "
-                                         f"({'bundled with ' + chart.bundled if chart.bundled else 'a subchart'});"
-                                         " say bundled: k3s or pick another chart")
-        namespace = r.text(e.get("namespace"), f"{key}.namespace", _NAME)
-        values = r.file(base, e["values"], f"{key}.values") if e.get("values") is not None else None
-        if bundled is not None and values is None:
-            raise r.fail(f"{key}.values", "a bundled chart is customised through its values: give the file")
-        secrets = []
-        for j, s in enumerate(e.get("secrets") or []):
-            skey = f"{key}.secrets[{j}]"
-            s = r.mapping(s, skey, _SECRET_KEYS)
-            data = r.mapping(s.get("data"), f"{skey}.data", set(s.get("data") or {}))
-            for k, v in data.items():
-                if not isinstance(k, str) or not _DATA_KEY.match(k):
-                    raise r.fail(f"{skey}.data.{k}", "a Secret key is letters, digits, '-', '_' and '.'")
-                if not isinstance(v, str):
-                    raise r.fail(f"{skey}.data.{k}", f"expected a string (a template), got {type(v).__name__}")
-            secrets.append(SecretSpec(r.text(s.get("name"), f"{skey}.name", _SECRET_NAME),
-                                      r.text(s.get("namespace", namespace), f"{skey}.namespace", _NAME), data))
-        lookups = {}
-        for lname, spec in r.mapping(e.get("lookups") or {}, f"{key}.lookups", set(e.get("lookups") or {})).items():
-            lkey = f"{key}.lookups.{lname}"
-            spec = r.mapping(spec, lkey, _LOOKUP_KEYS)
-            lookups[str(lname)] = Lookup(r.text(spec.get("namespace", namespace), f"{lkey}.namespace", _NAME),
-                                         r.text(spec.get("secret"), f"{lkey}.secret", _SECRET_NAME),
-                                         r.text(spec.get("key"), f"{lkey}.key"))
-        out.append(Release(
-            name=name, chart=chart, namespace=namespace, values=values,
-            depends_on=r.names(e.get("depends_on"), f"{key}.depends_on"),
-            before=tuple(r.file(base, f, f"{key}.before[{j}]") for j, f in enumerate(e.get("before") or [])),
-            secrets=tuple(secrets), lookups=lookups,
-            manifests=tuple(r.file(base, f, f"{key}.manifests[{j}]") for j, f in enumerate(e.get("manifests") or [])),
-            patches=tuple(r.file(base, f, f"{key}.patches[{j}]") for j, f in enumerate(e.get("patches") or [])),
-            bundled=bundled,
-        ))
-    releases = Releases(path=path, base=base, releases=tuple(out), versions=versions)
+    out = r.items(entries, "releases", lambda entry, key: _release(r, versions, entry, key))
+    names = [release.name for release in out]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise r.fail(f"releases[{i}].name", f"release {name!r} is listed twice")
+    releases = Releases(path=path, base=r.base, releases=out, versions=versions)
     releases.ordered()  # unknown dependencies and cycles fail here, at load time
     return releases
+
+
+def _release(r: _Reader, versions: Versions, entry: Any, key: str) -> Release:
+    e = r.mapping(entry, key, optional=_RELEASE_KEYS)
+    name = r.name(e.get("name"), f"{key}.name")
+    chart = _chart(r, versions, e.get("chart"), f"{key}.chart")
+    bundled = e.get("bundled")
+    if bundled is not None and bundled != chart.bundled:
+        raise r.fail(f"{key}.bundled", f"{bundled!r}, but {versions.path} says chart {chart.name} is "
+                                       f"bundled: {chart.bundled!r}")
+    if bundled is None and not chart.installable:
+        raise r.fail(f"{key}.chart", f"chart {chart.name} is not installable with helm "
+                                     f"({'bundled with ' + chart.bundled if chart.bundled else 'a subchart'});"
+                                     " say bundled: k3s or pick another chart")
+    namespace = r.name(e.get("namespace"), f"{key}.namespace")
+    values = r.file(e["values"], f"{key}.values") if e.get("values") is not None else None
+    if bundled is not None and values is None:
+        raise r.fail(f"{key}.values", "a bundled chart is customised through its values: give the file")
+    return Release(
+        name=name, chart=chart, namespace=namespace, values=values,
+        depends_on=r.items(e.get("depends_on"), f"{key}.depends_on", r.text),
+        before=r.items(e.get("before"), f"{key}.before", r.file),
+        secrets=r.items(e.get("secrets"), f"{key}.secrets", lambda s, skey: _secret(r, s, skey, namespace)),
+        lookups=_lookups(r, e.get("lookups"), f"{key}.lookups", namespace),
+        manifests=r.items(e.get("manifests"), f"{key}.manifests", r.file),
+        patches=r.items(e.get("patches"), f"{key}.patches", r.file),
+        bundled=bundled,
+    )
+
+
+def _secret(r: _Reader, data: Any, key: str, namespace: str) -> SecretSpec:
+    s = r.mapping(data, key, optional=_SECRET_KEYS)
+    values = r.table(s.get("data"), f"{key}.data")
+    for k, v in values.items():
+        if not isinstance(k, str) or not _DATA_KEY.match(k):
+            raise r.fail(f"{key}.data.{k}", "a Secret key is letters, digits, '-', '_' and '.'")
+        if not isinstance(v, str):
+            raise r.fail(f"{key}.data.{k}", f"expected a string (a template), got {type(v).__name__}")
+    return SecretSpec(r.name(s.get("name"), f"{key}.name", _SECRET_NAME),
+                      r.name(s.get("namespace", namespace), f"{key}.namespace"), values)
+
+
+def _lookups(r: _Reader, data: Any, key: str, namespace: str) -> dict[str, Lookup]:
+    lookups = {}
+    for lname, spec in r.table(data or {}, key).items():
+        lkey = f"{key}.{lname}"
+        spec = r.mapping(spec, lkey, optional=_LOOKUP_KEYS)
+        lookups[str(lname)] = Lookup(r.name(spec.get("namespace", namespace), f"{lkey}.namespace"),
+                                     r.name(spec.get("secret"), f"{lkey}.secret", _SECRET_NAME),
+                                     r.text(spec.get("key"), f"{lkey}.key"))
+    return lookups
 
 
 def _chart(r: _Reader, versions: Versions, value: Any, key: str) -> Chart:
