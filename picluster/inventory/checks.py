@@ -1,0 +1,81 @@
+"""Rules across the keys of a loaded inventory: addresses inside the LAN and unique, pools apart, roles."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from ipaddress import IPv4Address
+
+from picluster.inventory.model import Cluster, Host, Inventory
+
+Fail = Callable[[str, str], Exception]  # (key path, problem) -> the error to raise
+
+
+def check_consistency(fail: Fail, inv: Inventory) -> None:
+    """Rules across keys: uniqueness, addresses inside the LAN, pools that do not overlap."""
+    c = inv.cluster
+    _check_cluster(fail, c)
+    seen_ip: dict[IPv4Address, str] = {}
+    seen_mac: dict[str, str] = {}
+    for h in inv.hosts.values():
+        where = f"hosts.{h.name}"
+        _inside(fail, c, h.ip, f"{where}.ip")
+        if h.ip in seen_ip:
+            raise fail(f"{where}.ip", f"{h.ip} is already the address of {seen_ip[h.ip]}; give each host its own")
+        if h.mac in seen_mac:
+            raise fail(f"{where}.mac", f"{h.mac} is already the MAC of {seen_mac[h.mac]}; each NIC has its own")
+        seen_ip[h.ip], seen_mac[h.mac] = h.name, h.name
+        _check_host(fail, c, h)
+    _check_roles(fail, inv)
+
+
+def _inside(fail: Fail, c: Cluster, ip: IPv4Address, where: str) -> None:
+    lan = c.lan.cidr
+    if ip not in lan or ip in (lan.network_address, lan.broadcast_address):
+        raise fail(where, f"{ip} is outside the LAN {lan}; use a host address of {lan}")
+
+
+def _in_range(ip: IPv4Address, pair: tuple[IPv4Address, IPv4Address]) -> bool:
+    return pair[0] <= ip <= pair[1]
+
+
+def _check_cluster(fail: Fail, c: Cluster) -> None:
+    _inside(fail, c, c.lan.gateway, "cluster.lan.gateway")
+    _inside(fail, c, c.controller, "cluster.controller")
+    for i, ip in enumerate(c.lan.dhcp_range):
+        _inside(fail, c, ip, f"cluster.lan.dhcp_range[{i}]")
+    for i, ip in enumerate(c.metallb_pool):
+        _inside(fail, c, ip, f"cluster.metallb_pool[{i}]")
+    pool, dhcp = c.metallb_pool, c.lan.dhcp_range
+    if pool[0] <= dhcp[1] and dhcp[0] <= pool[1]:
+        raise fail("cluster.metallb_pool",
+                   f"{pool[0]}-{pool[1]} overlaps the DHCP range {dhcp[0]}-{dhcp[1]}; make them disjoint")
+
+
+def _check_host(fail: Fail, c: Cluster, h: Host) -> None:
+    where = f"hosts.{h.name}"
+    pool, dhcp = c.metallb_pool, c.lan.dhcp_range
+    if _in_range(h.ip, pool):
+        raise fail(f"{where}.ip", f"{h.ip} lies in the MetalLB pool {pool[0]}-{pool[1]}; "
+                   "move the host or shrink the pool")
+    if _in_range(h.ip, dhcp):
+        raise fail(f"{where}.ip", f"{h.ip} lies in the DHCP range {dhcp[0]}-{dhcp[1]}; "
+                   "give the host an address outside it")
+    if h.ip == c.controller:
+        raise fail(f"{where}.ip", f"{h.ip} is the controller's address (cluster.controller)")
+    grace, critical = h.settings.shutdown.grace, h.settings.shutdown.critical
+    if critical >= grace:
+        raise fail(f"{where}.vars.kubelet_shutdown_grace_period_critical_pods",
+                   f"{critical}s leaves no time for ordinary pods within the {grace}s grace period; "
+                   "make it smaller than kubelet_shutdown_grace_period")
+
+
+def _check_roles(fail: Fail, inv: Inventory) -> None:
+    if not any(h.role == "server" for h in inv.hosts.values()):
+        raise fail("hosts", "no host has role: server; K3S needs one server")
+    gateways = [h.name for h in inv.hosts.values() if h.role == "gateway"]
+    if len(gateways) > 1:
+        raise fail(f"hosts.{gateways[1]}.role", f"only one gateway is supported; {gateways[0]} is one already")
+    gw = inv.gateway
+    if gw is not None and gw.ip != inv.cluster.lan.gateway:
+        raise fail(f"hosts.{gw.name}.ip", f"the gateway host is at {gw.ip} but cluster.lan.gateway is "
+                   f"{inv.cluster.lan.gateway}; make them the same")
