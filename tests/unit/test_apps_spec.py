@@ -80,6 +80,8 @@ def _copy(tmp_path: Path, edit) -> Path:  # type: ignore[no-untyped-def]
     (lambda rs: rs[0].update(values="metallb/nope.yml"), r"'metallb/nope.yml': no such file"),
     (lambda rs: rs[3].pop("bundled"), r"chart traefik is not installable with helm \(bundled with k3s\)"),
     (lambda rs: rs.append(copy.deepcopy(rs[0])), r"release 'metallb' is listed twice"),
+    (lambda rs: rs[0].update(lookups=[{"secret": "x"}]), r"releases\[0\]\.lookups: expected a mapping, got list"),
+    (lambda rs: rs[0].update(secrets={"name": "x"}), r"releases\[0\]\.secrets: expected a list, got dict"),
 ])
 def test_a_broken_releases_file_fails_with_one_line(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(SpecError, match=message) as err:
@@ -91,3 +93,10 @@ def test_a_broken_releases_file_fails_with_one_line(tmp_path: Path, edit, messag
 def test_a_hostile_file_is_refused_in_one_line(tmp_path: Path, content: bytes, expected: str) -> None:
     shutil.copy(K8S / "versions.yml", tmp_path / "versions.yml")
     assert_refused(load_releases, tmp_path / "releases.yml", content, expected, SpecError)
+
+
+def test_an_unknown_top_level_key_is_named_as_written(tmp_path: Path) -> None:
+    path = _copy(tmp_path, lambda rs: None)
+    path.write_text(path.read_text() + "extra: 1\n")
+    with pytest.raises(SpecError, match=r"releases\.yml: extra: unknown key; allowed here: releases$"):
+        load_releases(path)

@@ -140,6 +140,12 @@ INVALID = {
                        "swap them"),
     "automation user not admin": (_set("cluster.automation_user", "ansible"), "cluster.automation_user",
                                   "not one of admin_users"),
+    "keys not a list": (_set("cluster.admin_users", [{"name": "admin", "ssh_keys": KEY}]),
+                        "cluster.admin_users[0].ssh_keys", "expected a list of keys, got str"),
+    "no admin users": (_set("cluster.admin_users", []), "cluster.admin_users", "at least one user"),
+    "number for a name": (_set("cluster.name", 7), "cluster.name", "got the number 7; quote it"),
+    "lab port": (_set("lab", {"bridge": "br0", "state_dir": ".lab", "apt_proxy_port": 0}), "lab.apt_proxy_port",
+                 "expected a port number from 1 to 65535, got 0"),
 }
 
 

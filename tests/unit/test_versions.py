@@ -122,6 +122,9 @@ def write(tmp_path: Path, mutate) -> Path:  # type: ignore[no-untyped-def]
     (lambda d: d["dashboards"]["velero"].pop("gnet_id"), "dashboards.velero.gnet_id: expected a positive whole number"),
     (lambda d: d["release"][26].update(binary="minio-server"),
      "release[26].binary: unknown binary 'minio-server'; add it under binaries"),
+    (lambda d: d.update(repos=[{"name": "fluent"}]), "repos: expected a mapping, got list"),
+    (lambda d: d["binaries"]["restic"].update(sha256=[{"arm64": "c7e5"}]),
+     "binaries.restic.sha256: expected a mapping, got list"),
 ])
 def test_problems_are_one_line_naming_the_key(tmp_path: Path, mutate, expected: str) -> None:  # type: ignore[no-untyped-def]
     path = write(tmp_path, mutate)
