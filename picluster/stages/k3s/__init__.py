@@ -30,6 +30,7 @@ from picluster.stages.k3s.cluster import (
     parse_nodes,
 )
 from picluster.stages.k3s.config import (
+    BIN,
     CONFIG,
     K3S_DIR,
     KUBELET_CONFIG,
@@ -61,6 +62,7 @@ from picluster.state.skip import OnlyIf
 
 __all__ = [
     "AIRGAP_ENV",
+    "BIN",
     "LOCAL_STORAGE",
     "NODES_PROBE",
     "NOT_RUNNING",

@@ -70,17 +70,6 @@ class ClusterFacts:
     running: bool = True      # k3s runs on the server (its API may still be starting)
 
 
-def _cluster_facts(out: ProbeOutput, server: str) -> ClusterFacts:
-    if out.exit_code == NOT_RUNNING:
-        return ClusterFacts(None, f"k3s is not running on {server}", running=False)
-    if not out.ok:
-        return ClusterFacts(None, f"the API on {server} did not list the nodes (exit code {out.exit_code})")
-    try:
-        return ClusterFacts(parse_nodes(out.stdout))
-    except (ValueError, KeyError) as err:
-        return ClusterFacts(None, f"unreadable node list from {server}: {err}")
-
-
 def cluster_facts(out: ProbeOutput, server: str) -> ClusterFacts:
     """Return the node list probe's output as facts."""
     if out.exit_code == NOT_RUNNING:
