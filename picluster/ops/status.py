@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from picluster import localfs
 from picluster.facts import BOOT_ID, K3S_VERSION, k3s_unit, k3s_version
 from picluster.inventory import Host, Inventory
 from picluster.kube import Kube, KubeError
 from picluster.remote import ProbeOutput
 
-KUBECONFIG_ENV = "PICLUSTER_KUBECONFIG"
 # Seconds since PID 1 started: the node's own boot, also in a container (where /proc/uptime is the host's).
 UPTIME = "ps -o etimes= -p 1"
 
@@ -99,7 +99,7 @@ def open_kube(inv: Inventory, kubeconfig: str | os.PathLike[str] | None = None,
     path = Path(kubeconfig).expanduser() if kubeconfig else default_kubeconfig(inv)
     if not path.is_file():
         return None, (f"no kubeconfig at {path} (the k3s stage fetches it; or give --kubeconfig / "
-                      f"${KUBECONFIG_ENV})")
+                      f"${localfs.KUBECONFIG_ENV})")
     kube = Kube(path, request_timeout=request_timeout)
     deadline = time.monotonic() + wait
     while True:

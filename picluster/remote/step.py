@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 F = TypeVar("F")
-F_co = TypeVar("F_co", covariant=True)
 
 #: Marks a step leaves on the per-host run; later steps read them as facts.
 APT_UPDATED = "apt-updated"

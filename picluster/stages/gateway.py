@@ -48,7 +48,6 @@ FLUENTBIT_AVAILABLE = ("dpkg-query -W -f '${db:Status-Status}' fluent-bit | grep
                        " || apt-cache show fluent-bit >/dev/null 2>&1")
 FLUENTBIT_MISSING = ("fluent-bit is neither installed nor available from apt: its vendor repository is not "
                      "configured (see the step 'apt repository fluent-bit')")
-FLUENTD_PORT = 24224
 SHARED_KEY_SECRET = "fluentd_shared_key"
 VERSIONS = Path(__file__).resolve().parents[2] / "k8s" / "versions.yml"
 

@@ -67,11 +67,12 @@ def test_parse_k3s_version_and_uptime_format() -> None:
 
 def test_kubeconfig_lookup_and_why_the_api_is_not_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     inv = inventory(tmp_path)
+    from picluster import localfs
     from picluster.stages.k3s import kubeconfig_path
 
-    monkeypatch.delenv(st.KUBECONFIG_ENV, raising=False)
+    monkeypatch.delenv(localfs.KUBECONFIG_ENV, raising=False)
     assert st.default_kubeconfig(inv) == kubeconfig_path(inv)          # where the k3s stage fetched it
-    monkeypatch.setenv(st.KUBECONFIG_ENV, str(tmp_path / "k.yaml"))
+    monkeypatch.setenv(localfs.KUBECONFIG_ENV, str(tmp_path / "k.yaml"))
     assert st.default_kubeconfig(inv) == tmp_path / "k.yaml"
     kube, why = st.open_kube(inv)
     assert kube is None and why.startswith(f"no kubeconfig at {tmp_path / 'k.yaml'}")

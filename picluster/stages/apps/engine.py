@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from picluster import localfs
 from picluster import secrets as store
 from picluster.inventory import Inventory
 from picluster.kube.client import Kube, KubeError
@@ -62,7 +63,7 @@ class Tools:
             return "no helm binary on this controller (`helm` is not on PATH); install Helm v3 and run again"
         if not self.kubeconfig.is_file():
             return (f"no kubeconfig at {self.kubeconfig} (the k3s stage fetches it; or set "
-                    f"{paths.KUBECONFIG_ENV})")
+                    f"{localfs.KUBECONFIG_ENV})")
         return None
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from picluster.inventory import Inventory
 
 STATE_ENV = "PICLUSTER_STATE_DIR"
-KUBECONFIG_ENV = "PICLUSTER_KUBECONFIG"
 
 
 def kubeconfig_path(inv: Inventory) -> Path:
