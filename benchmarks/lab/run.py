@@ -66,6 +66,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from picluster.lab import Lab, base
+    from picluster.lab.measure import node_memory, node_pids
 
     lab = Lab(args.inventory)
     base.ensure()  # "with the base cached"
@@ -77,8 +78,8 @@ def main() -> int:
         ups.append(time.monotonic() - started)
         time.sleep(SETTLE_S)
         for h in lab.hosts:
-            pss.append(lab.node_memory(h.name) / MIB)
-            pids = lab.node_pids(h.name)
+            pss.append(node_memory(lab, h.name) / MIB)
+            pids = node_pids(lab, h.name)
             c = cgroup_memory(min(pids)) if pids else None
             if c is not None:
                 charged.append(c / MIB)

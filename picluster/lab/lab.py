@@ -450,34 +450,3 @@ class Lab:
                 break
             time.sleep(0.1)
         return removed
-
-    # --- measuring -----------------------------------------------------------------------------------
-
-    def node_pids(self, name: str) -> list[int]:
-        """The processes of a node: those in its network namespace and in a PID namespace of their own
-        (which leaves out its supervisor and nspawn)."""
-        ns = network.netns_name(self.bridge, self.host(name).name)
-        out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=10)
-        ours = os.readlink("/proc/self/ns/pid")
-        pids = []
-        for pid in (int(p) for p in out.stdout.split() if p.isdigit()):
-            try:
-                if os.readlink(f"/proc/{pid}/ns/pid") != ours:
-                    pids.append(pid)
-            except OSError:
-                continue
-        return pids
-
-    def node_memory(self, name: str) -> int:
-        """Bytes of memory a node uses: the proportional set size (PSS) of its processes."""
-        total = 0
-        for pid in self.node_pids(name):
-            try:
-                with open(f"/proc/{pid}/smaps_rollup", encoding="utf-8") as fh:
-                    for line in fh:
-                        if line.startswith("Pss:"):
-                            total += int(line.split()[1]) * 1024
-                            break
-            except OSError:
-                continue
-        return total

@@ -124,7 +124,9 @@ def test_second_run_reports_zero_changes(lab: Any, tmp_path: Path) -> None:
 
 def _kill_node(lab: Any, name: str) -> None:
     """Power the node off hard: every process in its network namespace (the container with it)."""
-    for pid in lab.node_pids(name):
+    from picluster.lab.measure import node_pids
+
+    for pid in node_pids(lab, name):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -201,10 +201,9 @@ def test_the_apps_stage_runs_on_every_pi_then_the_controller(inv: Inventory) -> 
 
 
 def test_servers_keep_local_path_non_default_across_k3s_restarts(inv: Inventory) -> None:
+    from picluster.remote.phases import RunOptions
     from picluster.stages import k3s
     from picluster.state.skip import OnlyIf
-
-    from picluster.remote.phases import RunOptions
 
     (apps,) = [s for s in STAGES if s.name == "apps"]
     planner = apps.phases(inv, RunOptions())[0].plan     # type: ignore[union-attr]

@@ -72,7 +72,8 @@ def test_a_host_that_does_not_come_back_fails_the_wait_and_stops_the_host() -> N
 
     run = HostRun()
     results = run_steps(Context(), [Schedules(), Says("after")], sudo=False, dry_run=False, run=run, reboot=reboot)
-    assert [(r.name, r.status) for r in results] == [("schedule a reboot", "changed"), ("wait for the reboot", "failed")]
+    assert [(r.name, r.status) for r in results] == [("schedule a reboot", "changed"),
+                                                     ("wait for the reboot", "failed")]
     assert results[-1].message == "node3 did not come back within 600s after its reboot; then run the stage again"
     assert run.marks == set()
 
