@@ -28,9 +28,10 @@ class Stage:
 
 
 def _preflight(inv: Inventory, options: RunOptions) -> list[Phase]:
+    from picluster.state.bootloader import UsbBootOrder
     from picluster.state.cloud_init import CloudInitDone
 
-    return [HostPhase("ssh and cloud-init", lambda host: [CloudInitDone()])]
+    return [HostPhase("ssh, cloud-init, bootloader", lambda host: [CloudInitDone(), UsbBootOrder()])]
 
 
 def _os(inv: Inventory, options: RunOptions) -> list[Phase]:
@@ -66,7 +67,8 @@ def _apps(inv: Inventory, options: RunOptions) -> list[Phase]:
 
 
 PREFLIGHT = Stage("preflight", ("gateway", "server", "agent"),
-                  "every host answers over SSH and cloud-init has finished", _preflight, gate="base")
+                  "every host answers over SSH, cloud-init has finished, the bootloader tries USB", _preflight,
+                  gate="base")
 
 STAGES: tuple[Stage, ...] = (
     Stage("os", ("gateway", "server", "agent"), "packages, time, kernel settings, SSH hardening", _os, gate="os"),

@@ -128,6 +128,9 @@ def fluentbit_steps(inv: Inventory, host: Host) -> list[AnyStep]:
     ]
 
 
+IPTABLES_PACKAGES = ("iptables",)
+
+
 def host_steps(inv: Inventory, host: Host) -> list[AnyStep]:
     """Return the gateway stage's steps, in order."""
     return [
@@ -135,6 +138,7 @@ def host_steps(inv: Inventory, host: Host) -> list[AnyStep]:
         CheckedFile(DNSMASQ_CONF, dnsmasq_conf(inv, host),
                     check="if command -v dnsmasq >/dev/null; then dnsmasq --test -C {path}; fi"),
         Apt(list(PACKAGES)),
+        Apt(list(IPTABLES_PACKAGES), present=False),      # as the reference's firewall role: nftables only
         Batch("forwarding and firewall", [
             SysctlsSet([("net.ipv4.ip_forward", 1)]),
             NftRuleset(nftables_conf(inv, host)),

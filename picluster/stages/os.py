@@ -12,11 +12,12 @@ no-op run costs a handful of round trips per host.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from picluster.inventory import Host, Inventory
 from picluster.remote import AnyStep
 from picluster.stages.templates import render
-from picluster.state import Apt, CmdlineArgs, Directory, File, Service
+from picluster.state import Apt, CmdlineArgs, Directory, File, Line, Service
 from picluster.state.batch import Batch
 from picluster.state.by_virt import FileByVirt
 from picluster.state.cloud_init import CloudInitDone
@@ -25,6 +26,7 @@ from picluster.state.hostname import Hostname
 from picluster.state.hosts_entry import HostsEntry
 from picluster.state.reboot import Reboot
 from picluster.state.shared_kernel import ModulesLoaded, SysctlsSet
+from picluster.state.skip import OnlyIf
 from picluster.state.snaps import SnapsRemoved
 from picluster.state.sshd import SshdHardening
 from picluster.state.storage import DataVolume
@@ -55,6 +57,13 @@ LOGIND_DIR = "/etc/systemd/logind.conf.d"
 UNATTENDED_UPGRADES_DROPIN = "unattended-upgrades-logind-maxdelay.conf"
 LOGIND_DROPIN = f"{LOGIND_DIR}/zz-picluster-inhibit-delay.conf"
 DATA_VG, DATA_LV, DATA_MOUNT = "vg_local", "lv_storage", "/storage"
+CONFIG_TXT = "/boot/firmware/config.txt"
+GPU_MEM = "gpu_mem=16"      # the reference's: a headless Pi gives the GPU the least memory
+ISCSI_INITIATOR = "/etc/iscsi/initiatorname.iscsi"
+IQN_DATE = "2021-07"        # the reference's IQN naming date (iqn.2021-07.com.ricsanfre:<host>)
+PI_SCRIPTS = Path(__file__).resolve().parents[2] / "hosts" / "scripts"
+PI_HELPERS = ("pi_temp", "pi_throttling")
+NOT_A_CONTAINER = "! systemd-detect-virt --quiet --container"
 
 
 def packages(host: Host) -> list[str]:
@@ -97,6 +106,23 @@ def logind_dropin(host: Host) -> str:
                   after=UNATTENDED_UPGRADES_DROPIN)
 
 
+def iscsi_initiator_name(inv: Inventory, host: Host) -> str:
+    """Return the host's iSCSI initiator name: the reference's pattern with the cluster's domain reversed."""
+    authority = ".".join(reversed(inv.cluster.domain.split(".")))
+    return f"iqn.{IQN_DATE}.{authority}:{host.name}"
+
+
+def initiator_file(inv: Inventory, host: Host) -> str:
+    """Return /etc/iscsi/initiatorname.iscsi for `host`."""
+    return ("## Managed by picluster (os stage): this host's iSCSI initiator name (Longhorn's volumes)\n"
+            f"InitiatorName={iscsi_initiator_name(inv, host)}\n")
+
+
+def pi_helpers() -> list[AnyStep]:
+    """Return the reference's helper scripts: pi_temp (CPU and GPU temperature), pi_throttling."""
+    return [File(f"/usr/local/bin/{name}", (PI_SCRIPTS / name).read_bytes(), mode=0o755) for name in PI_HELPERS]
+
+
 def sshd_dropin(inv: Inventory) -> str:
     """Return the SSH hardening drop-in (root keeps key-only login when picluster itself connects as root)."""
     user = inv.cluster.automation_user
@@ -120,7 +146,11 @@ def host_steps(inv: Inventory, host: Host) -> list[AnyStep]:
         ]),
         Batch("dpkg consistent, snapd removed", [DpkgConsistent(), SnapsRemoved()]),
         Apt(packages(host)),
-        Batch("kernel cmdline, reboot if it changed", [CmdlineArgs(list(CGROUP_ARGS)), Reboot()]),
+        Batch("kernel cmdline and gpu_mem, reboot if they changed", [
+            CmdlineArgs(list(CGROUP_ARGS)),
+            Line(CONFIG_TXT, GPU_MEM, regex=r"^gpu_mem=", reboot=True),
+            Reboot(),
+        ]),
         Batch("kernel modules, sysctls, swap", [ModulesLoaded(MODULES), SysctlsSet(SYSCTLS), SwapOff()]),
         Batch("chrony, multipath, logind files", [
             File(CHRONY_CONF, chrony_conf(inv, host)),
@@ -130,11 +160,15 @@ def host_steps(inv: Inventory, host: Host) -> list[AnyStep]:
             File(MULTIPATH_CONF, render("multipath.conf.j2")),
             Directory(LOGIND_DIR),
             File(LOGIND_DROPIN, logind_dropin(host)),
+            File(ISCSI_INITIATOR, initiator_file(inv, host), mode=0o600),
+            *pi_helpers(),
         ]),
         Batch("chrony, multipathd, logind services", [
             Service("chrony", enabled=True, running=True, restart_on=[CHRONY_CONF, CHRONY_DEFAULT, CHRONY_DROPIN]),
             Service("multipathd", restart_on=[MULTIPATH_CONF]),
             Service("systemd-logind", restart_on=[LOGIND_DROPIN]),
+            OnlyIf(Service("iscsid", enabled=True, running=True, restart_on=[ISCSI_INITIATOR]), NOT_A_CONTAINER,
+                   "iscsid needs the kernel's iSCSI transport, which a container does not get"),
         ]),
     ]
     if host.data_partition is not None:

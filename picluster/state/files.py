@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from picluster.remote import (
+    NEEDS_REBOOT,
     UNITS_CHANGED,
     Change,
     Command,
@@ -159,6 +160,7 @@ class Line:
     + regex: Python regex searched in each line; default: the exact line
     + present: False removes the matching lines
     + mode/owner/group: used only when the file has to be created (an existing file keeps its own)
+    + reboot: a change takes effect only at the next boot (the `NEEDS_REBOOT` mark; see `Reboot`)
 
     The file is rewritten atomically; not for secret files (the diff shows their lines).
 
@@ -175,12 +177,14 @@ class Line:
         mode: int = 0o644,
         owner: str = "root",
         group: str = "root",
+        reboot: bool = False,
     ) -> None:
         self.path = path
         self.line = single_line(line, "line")
         self.pattern = re.compile(regex if regex is not None else "^" + re.escape(line) + "$")
         self.present = present
         self.mode, self.owner, self.group = mode, owner, group
+        self.reboot = reboot
 
     @property
     def name(self) -> str:
@@ -207,7 +211,8 @@ class Line:
             return Ok(f"{self.path} has no line matching {self.pattern.pattern!r}")
         data = as_bytes(new)
         write = rewrite_command(self.path, facts.content, data, mode=self.mode, owner=self.owner, group=self.group)
-        return Change(text_diff(self.path, facts.content, data), [write], sets=content_marks(self.path))
+        marks = content_marks(self.path) | ({NEEDS_REBOOT} if self.reboot else set())
+        return Change(text_diff(self.path, facts.content, data), [write], sets=frozenset(marks))
 
 
 @dataclass(frozen=True)

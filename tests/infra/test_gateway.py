@@ -140,3 +140,8 @@ def test_fluentbit_running(host: Any) -> None:
 def test_fluentbit_exports_node_metrics(host: Any) -> None:
     _fluentbit(host)
     assert host.socket("tcp://0.0.0.0:9100").is_listening
+
+
+def test_iptables_is_removed(host: Any) -> None:
+    for package in gateway_stage.IPTABLES_PACKAGES:
+        assert not host.package(package).is_installed, f"{package}: the firewall is nftables alone"

@@ -90,3 +90,10 @@ def test_every_node_ready(host: Any, node: Host, inventory: Inventory, k3s: None
         nodes = k3s_stage.parse_nodes(host.check_output(f"{k3s_stage.BIN} kubectl get nodes -o json"))
     wanted = [h.name for h in inventory.select(roles=["server", "agent"])]
     assert {n: n in nodes and nodes[n].ready for n in wanted} == dict.fromkeys(wanted, True)
+
+
+def test_the_servers_admin_kubeconfig_is_root_only(host: Any, node: Host, k3s: None) -> None:
+    if node.role != "server":
+        pytest.skip("only servers keep the admin kubeconfig")
+    f = host.file("/etc/rancher/k3s/k3s.yaml")
+    assert f.exists and f.mode == 0o600 and f.user == "root"

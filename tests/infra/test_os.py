@@ -134,7 +134,7 @@ def test_multipath_blacklists_the_disks(host: Any) -> None:
 def test_logind_lets_the_kubelet_delay_shutdown(host: Any, node: Host) -> None:
     usec = host.check_output("busctl get-property org.freedesktop.login1 /org/freedesktop/login1 "
                              "org.freedesktop.login1.Manager InhibitDelayMaxUSec")
-    assert int(usec.split()[1]) >= node.vars["kubelet_shutdown_grace_period"] * 1_000_000
+    assert int(usec.split()[1]) >= node.settings.shutdown.logind_delay * 1_000_000
 
 
 def test_logind_dropin_sorts_last(host: Any) -> None:
@@ -169,3 +169,29 @@ def test_data_volume_mounted(host: Any, node: Host) -> None:
         pytest.skip(f"no block device {node.data_partition.device} in a container ({kind})")
     mount = host.mount_point(os_stage.DATA_MOUNT)
     assert mount.exists and mount.filesystem == "ext4"
+
+
+def test_gpu_memory_is_the_references(host: Any) -> None:
+    lines = host.file(os_stage.CONFIG_TXT).content_string.splitlines()
+    assert [line for line in lines if line.startswith("gpu_mem=")] == [os_stage.GPU_MEM]
+
+
+def test_iscsi_initiator_name_is_the_hosts(host: Any, node: Host, inventory: Inventory) -> None:
+    f = host.file(os_stage.ISCSI_INITIATOR)
+    assert f.mode == 0o600 and f.user == "root"
+    assert host.run(f"sudo cat {os_stage.ISCSI_INITIATOR}").stdout == os_stage.initiator_file(inventory, node)
+
+
+def test_iscsid_enabled_and_running(host: Any) -> None:
+    kind = container(host)
+    if kind:
+        pytest.skip(f"iscsid needs the kernel's iSCSI transport, which a container ({kind}) does not get")
+    service = host.service("iscsid")
+    assert service.is_enabled and service.is_running
+
+
+@pytest.mark.parametrize("helper", os_stage.PI_HELPERS)
+def test_pi_helper_installed(host: Any, helper: str) -> None:
+    f = host.file(f"/usr/local/bin/{helper}")
+    assert f.is_file and f.mode == 0o755
+    assert f.content == (os_stage.PI_SCRIPTS / helper).read_bytes()

@@ -81,8 +81,8 @@ def test_first_run_converges_with_one_reboot_per_node(lab: Any, tmp_path: Path) 
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     for name in STAGES:
         assert stage(data, name)["gate"]["ok"], stage(data, name)["gate"]
-    reboots = [host for host, s in steps(data, "os")
-               if s["name"] == "kernel cmdline, reboot if it changed" and "[reboot if needed]" in s["diff"]]
+    boot = "kernel cmdline and gpu_mem, reboot if they changed"
+    reboots = [host for host, s in steps(data, "os") if s["name"] == boot and "[reboot if needed]" in s["diff"]]
     assert sorted(reboots) == sorted(h.name for h in lab.hosts)
     waits = {host: s for host, s in steps(data, "os") if s["name"] == "wait for the reboot"}   # the runner's
     assert sorted(waits) == sorted(reboots) and all(s["status"] == "ok" for s in waits.values()), waits

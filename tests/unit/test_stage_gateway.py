@@ -24,7 +24,8 @@ def test_gateway_plan_in_order(inv: Inventory, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("PICLUSTER_SECRET_FLUENTD_SHARED_KEY", "s3cret")
     names = [s.name for s in gateway.host_steps(inv, inv.hosts["gateway"])]
     assert names == [
-        "file /etc/dnsmasq.conf", "apt nftables dnsmasq curl gnupg", "forwarding and firewall", "service dnsmasq",
+        "file /etc/dnsmasq.conf", "apt nftables dnsmasq curl gnupg", "apt iptables", "forwarding and firewall",
+        "service dnsmasq",
         "apt systemd-resolved", "systemd-resolved", "chrony serving the LAN", "apt repository fluent-bit",
         "file /etc/apt/preferences.d/fluent-bit", "apt fluent-bit", "fluent-bit files", "service fluent-bit"]
 

@@ -106,7 +106,7 @@ SERVER_CONFIG = """\
 token-file: /etc/rancher/k3s/cluster-token
 node-name: node1
 node-ip: 10.0.0.11
-write-kubeconfig-mode: "0644"
+write-kubeconfig-mode: "0600"
 disable:
   - servicelb
 node-taint:
@@ -161,7 +161,7 @@ def test_agent_config_yaml_joins_the_server_with_its_labels(tmp_path: Path) -> N
 
 def test_config_yaml_is_the_yaml_k3s_reads(inv: Inventory) -> None:
     data = yaml.safe_load(k3s.config_yaml(inv, inv.hosts["node1"]))
-    assert data["disable"] == ["servicelb"] and data["write-kubeconfig-mode"] == "0644"
+    assert data["disable"] == ["servicelb"] and data["write-kubeconfig-mode"] == "0600"
     assert data["kubelet-arg"] == ["config=/etc/rancher/k3s/kubelet.config"]
 
 

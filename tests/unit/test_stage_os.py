@@ -47,7 +47,7 @@ def test_the_catalogue_runs_the_os_and_gateway_plans(inv: Inventory) -> None:
 def test_every_role_gets_the_os_steps_in_order(inv: Inventory) -> None:
     names = [s.name for s in os_stage.host_steps(inv, inv.hosts["gateway"])]
     assert names[0] == "cloud-init finished"
-    order = ["kernel cmdline, reboot if it changed", "kernel modules, sysctls, swap"]
+    order = ["kernel cmdline and gpu_mem, reboot if they changed", "kernel modules, sysctls, swap"]
     assert [names.index(n) for n in order] == sorted(names.index(n) for n in order)
     assert names[-1].startswith("sshd hardening")
     assert not any(n.startswith("data volume") for n in names)  # the gateway declares no data partition

@@ -25,7 +25,9 @@ SERVER_KUBECONFIG = f"{K3S_DIR}/k3s.yaml"
 BIN = K3S_BIN
 SYSTEMD_DIR = "/etc/systemd/system"
 API_PORT = 6443
-KUBECONFIG_MODE = "0644"     # as pi-cluster v1.4 (--write-kubeconfig-mode '0644'); the controller's copy is 0600
+# The server's admin kubeconfig, readable by root only. The reference used 0644 (--write-kubeconfig-mode), so
+# any local account (node1 also runs Minio) could act as cluster admin; we read it through sudo instead.
+KUBECONFIG_MODE = "0600"
 MASTER_TAINT = "node-role.kubernetes.io/master=true:NoSchedule"
 AGENT_LABELS: Mapping[str, str] = {"node_type": "worker"}   # pi-cluster v1.4's --node-label on workers
 READY_TIMEOUT_S = 300.0
