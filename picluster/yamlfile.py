@@ -213,14 +213,26 @@ class Checker:
 
     def text(self, value: Any, key: str, pattern: re.Pattern[str] | None = None,
              what: str = "a non-empty string") -> str:
-        """`value` as a non-empty string, stripped, that matches `pattern` (`what` says what it is)."""
+        """`value` as a non-empty string that `pattern` matches whole (`what` says what it is).
+
+        With a pattern the value is taken exactly as written (a trailing newline or space never matches);
+        without one, surrounding whitespace is removed.
+        """
         if isinstance(value, int | float) and not isinstance(value, bool):
             raise self.fail(key, f"expected a string, got the number {value!r}; quote it: \"{value}\"")
         if not isinstance(value, str) or not value.strip():
-            raise self.fail(key, f"expected {what}, got {value!r}")
-        if pattern is not None and not pattern.match(value):
-            raise self.fail(key, f"{value!r} is not {what}")
+            raise self.fail(key, f"expected {what}, got {_shown(value)}")
+        if pattern is not None:
+            if not pattern.fullmatch(value):
+                raise self.fail(key, f"{_shown(value)} is not {what}")
+            return value
         return value.strip()
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """`value` for a one-line message: its repr, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 4] + "...'"
 
 
 def _child(key: str, name: str) -> str:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from ipaddress import IPv4Address
 
-from picluster.inventory.model import Cluster, Host, Inventory
+from picluster.inventory.model import Cluster, Device, Host, Inventory
 
 Fail = Callable[[str, str], Exception]  # (key path, problem) -> the error to raise
 
@@ -26,6 +27,40 @@ def check_consistency(fail: Fail, inv: Inventory) -> None:
         seen_ip[h.ip], seen_mac[h.mac] = h.name, h.name
         _check_host(fail, c, h)
     _check_roles(fail, inv)
+    _check_names(fail, inv)
+    for d in inv.devices.values():
+        _check_device(fail, c, d, seen_ip, seen_mac)
+
+
+def _check_names(fail: Fail, inv: Inventory) -> None:
+    """One DNS name per record: hosts, devices and services never share a name."""
+    owner = {name: "host" for name in inv.hosts}
+    for name in inv.devices:
+        if name in owner:
+            raise fail(f"devices.{name}", f"{name} is already a host's name; give the device its own")
+        owner[name] = "device"
+    for name in inv.cluster.services:
+        if name in owner:
+            raise fail(f"cluster.services.{name}", f"{name}.{inv.cluster.domain} is already the record of a "
+                       f"{owner[name]}; rename the service or the {owner[name]}")
+
+
+def _check_device(fail: Fail, c: Cluster, d: Device, seen_ip: dict[IPv4Address, str],
+                  seen_mac: dict[str, str]) -> None:
+    """A device: inside the LAN, outside the pools, its address and MAC its own (the controller's may be its)."""
+    where = f"devices.{d.name}"
+    _inside(fail, c, d.ip, f"{where}.ip")
+    pool, dhcp = c.metallb_pool, c.lan.dhcp_range
+    if _in_range(d.ip, pool) or _in_range(d.ip, dhcp):
+        which = "MetalLB pool" if _in_range(d.ip, pool) else "DHCP range"
+        raise fail(f"{where}.ip", f"{d.ip} lies in the {which}; give the device an address outside it")
+    if d.ip in seen_ip:
+        raise fail(f"{where}.ip", f"{d.ip} is already the address of {seen_ip[d.ip]}; give each device its own")
+    if d.mac is not None and d.mac in seen_mac:
+        raise fail(f"{where}.mac", f"{d.mac} is already the MAC of {seen_mac[d.mac]}; each NIC has its own")
+    seen_ip[d.ip] = d.name
+    if d.mac is not None:
+        seen_mac[d.mac] = d.name
 
 
 def _inside(fail: Fail, c: Cluster, ip: IPv4Address, where: str) -> None:
@@ -62,6 +97,10 @@ def _check_host(fail: Fail, c: Cluster, h: Host) -> None:
                    "give the host an address outside it")
     if h.ip == c.controller:
         raise fail(f"{where}.ip", f"{h.ip} is the controller's address (cluster.controller)")
+    dp = h.data_partition
+    if dp is not None and not re.fullmatch(re.escape(h.boot_disk) + r"p?[0-9]+", dp.device):
+        raise fail(f"{where}.data_partition.device", f"{dp.device} is not a partition of boot_disk {h.boot_disk}, "
+                   "where the data partition is made; name a partition of that disk")
     grace, critical = h.settings.shutdown.grace, h.settings.shutdown.critical
     if critical >= grace:
         raise fail(f"{where}.vars.kubelet_shutdown_grace_period_critical_pods",

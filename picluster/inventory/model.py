@@ -126,6 +126,16 @@ class Host:
 
 
 @dataclass(frozen=True)
+class Device:
+    """A LAN device that is not a node (a switch, the controller): a DNS record, and a DHCP reservation
+    when its MAC is known."""
+
+    name: str
+    ip: IPv4Address
+    mac: str | None = None
+
+
+@dataclass(frozen=True)
 class LabSettings:
     """Where and how the local rehearsal lab runs (only in a lab inventory)."""
 
@@ -142,6 +152,7 @@ class Inventory:
     lab: LabSettings | None = None
     vars: Mapping[str, Any] = field(default_factory=dict)
     settings: HostSettings = field(default_factory=settings_of)  # the `vars` layer over the defaults
+    devices: Mapping[str, Device] = field(default_factory=dict)  # other LAN devices: DHCP and DNS only
 
     def select(self, roles: Iterable[str] | None = None, limit: Iterable[str] | None = None) -> list[Host]:
         """Hosts in file order, narrowed to `roles` and to the names in `limit` (unknown names fail)."""

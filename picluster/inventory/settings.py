@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-_DURATION = re.compile(r"^(\d+)(s|m)?$")
-_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-                        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+from picluster.inventory import grammar
+from picluster.inventory.grammar import matches
+
+_DURATION = re.compile(r"([0-9]{1,6})(s|m)?")
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class HostSettings:
 
 def seconds(value: Any) -> int:
     """30, "30", "30s" or "1m" as seconds."""
-    m = _DURATION.match(str(value))
+    m = _DURATION.fullmatch(str(value)) if isinstance(value, int | str) and not isinstance(value, bool) else None
     if not m:
         raise ValueError("a duration such as 30, 30s or 1m")
     return int(m.group(1)) * (60 if m.group(2) == "m" else 1)
@@ -66,16 +66,25 @@ def port(value: Any) -> int:
     return value
 
 
-def _string(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError("a non-empty string")
-    return value
+def _pattern(pattern: re.Pattern[str], what: str) -> Callable[[Any], str]:
+    """The grammar of a string that `pattern` matches whole."""
+    def check(value: Any) -> str:
+        if not matches(pattern, value):
+            raise ValueError(what)
+        return str(value)
+    return check
 
 
-def _string_list(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ValueError("a list of strings")
-    return tuple(value)
+def _list_of(item: Callable[[Any], str], what: str) -> Callable[[Any], tuple[str, ...]]:
+    """The grammar of a list whose every entry passes `item`."""
+    def check(value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise ValueError(f"a list of {what}")
+        try:
+            return tuple(item(v) for v in value)
+        except ValueError:
+            raise ValueError(f"a list of {what}") from None
+    return check
 
 
 def _node_labels(value: Any) -> dict[str, str]:
@@ -86,8 +95,8 @@ def _node_labels(value: Any) -> dict[str, str]:
     out = {}
     for key, val in value.items():
         text = "" if val is None else str(val)
-        if not isinstance(key, str) or not _LABEL_KEY.match(key) or isinstance(val, (dict, list)) \
-                or not _LABEL_VALUE.match(text):
+        if not matches(grammar.LABEL_KEY, key) or len(key.partition("/")[0]) > 253 \
+                or isinstance(val, (dict, list)) or not grammar.LABEL_VALUE.fullmatch(text):
             raise ValueError(what)
         out[key] = text
     return out
@@ -95,17 +104,18 @@ def _node_labels(value: Any) -> dict[str, str]:
 
 # name -> (grammar, default). Paths are resolved by the loader (relative to the inventory file): None here.
 VAR_SCHEMA: dict[str, tuple[Callable[[Any], Any] | None, Any]] = {
-    "timezone": (_string, "Etc/UTC"),
-    "locale": (_string, "C.UTF-8"),
+    "timezone": (grammar.timezone, "Etc/UTC"),
+    "locale": (_pattern(grammar.LOCALE, grammar.LOCALE_WHAT), "C.UTF-8"),
     "ssh_port": (port, 22),
     "ssh_key_file": (None, None),
     "ssh_known_hosts": (None, None),
     "kubelet_shutdown_grace_period": (seconds, 30),
     "kubelet_shutdown_grace_period_critical_pods": (seconds, 10),
-    "lan_interface": (_string, "eth0"),
-    "packages": (_string_list, ()),
-    "ntp_upstream": (_string_list, ("pool.ntp.org",)),
-    "image": (_string, None),
+    "lan_interface": (_pattern(grammar.IFNAME, grammar.IFNAME_WHAT), "eth0"),
+    "packages": (_list_of(_pattern(grammar.PACKAGE, ""), "Debian package names (a-z, 0-9, +, - and ., "
+                          "starting with a letter or digit)"), ()),
+    "ntp_upstream": (_list_of(grammar.time_server, "NTP servers (host names or IP addresses)"), ("pool.ntp.org",)),
+    "image": (_pattern(grammar.IMAGE, grammar.IMAGE_WHAT), None),
     "k3s_node_labels": (_node_labels, {}),
 }
 

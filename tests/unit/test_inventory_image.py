@@ -31,5 +31,5 @@ def test_image_must_be_a_string(tmp_path: Path) -> None:
     def mutate(data: dict) -> None:
         data["hosts"]["node1"]["vars"] = {"image": 2004}
 
-    with pytest.raises(InventoryError, match=r"hosts\.node1\.vars\.image: expected a non-empty string"):
+    with pytest.raises(InventoryError, match=r"hosts\.node1\.vars\.image: expected an image name of hosts/images.yml"):
         load_inventory(write_inventory(tmp_path, mutate=mutate))
