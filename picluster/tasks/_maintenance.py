@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from invoke.exceptions import Exit
 
@@ -47,18 +48,22 @@ def print_gate(outcome: StageOutcome) -> bool:
 
 
 def run_stage_task(inv: Inventory, stage: Stage, hosts: list[Host], options: RunOptions, *, verbose: bool,
-                   report: str | None, no_checks: bool = False) -> StageOutcome:
-    """Run `stage` and its checks on `hosts`; print the table and the checks; exit 1 when either failed."""
+                   report: str | None, no_checks: bool = False,
+                   extra: Callable[[], dict[str, Any]] | None = None) -> StageOutcome:
+    """Run `stage` and its checks on `hosts`; print the table and the checks; exit 1 when either failed.
+
+    The report (JSON) has the stage's result, its checks, and what `extra()` adds (a timeline).
+    """
     from picluster.ops.up import Watchers, run_stage_with_gate
     from picluster.remote import StageFailed
-    from picluster.report import print_stage, write_json
+    from picluster.report import print_stage, write_report
 
     said = Watchers(controller_step=lambda step: print(f"  {step.status:<8} {step.name}", flush=True))
     outcome = run_stage_with_gate(inv, stage, hosts, options, watch=said, gate=not no_checks)
     assert outcome.result is not None
     print_stage(outcome.result, verbose=verbose)
     if report:
-        write_json(report, [outcome.result])
+        write_report(report, {"stages": [outcome.to_dict()], **(extra() if extra else {})})
     if outcome.result.failures:
         raise Exit(str(StageFailed(outcome.result)), code=1)
     if not print_gate(outcome):

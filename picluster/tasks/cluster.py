@@ -43,6 +43,7 @@ def up(
 ) -> None:
     """Bring the cluster up: preflight, then os → gateway → k3s → apps, each followed by its checks."""
     from picluster import stages as stage_catalog
+    from picluster.console import make_console
     from picluster.inventory import InventoryError
     from picluster.ops.summary import HostProgress, print_up
     from picluster.ops.up import Watchers
@@ -61,11 +62,12 @@ def up(
         raise Exit(f"error: {err}", code=USAGE_ERROR) from None
     require_reachable(inv)
 
-    with HostProgress() as progress:
+    console = make_console()
+    with HostProgress(console) as progress:
         run = run_up(inv, stages, options, watch=Watchers(stage_start=progress.start_stage,
                                                           host_done=progress.host_done,
                                                           gate_start=progress.start_gate))
-    print_up(run, verbose=verbose)
+    print_up(run, verbose=verbose, console=console)
     if report:
         write_report(report, run.to_dict())
     if run.failed:
@@ -296,23 +298,62 @@ def reboot(
         "limit": "only these hosts, comma-separated",
         "kubeconfig": KUBECONFIG_HELP,
         "report": "also write the status as JSON to this file",
+        "json": "print the status as JSON instead of the table (the same data as --report)",
     },
 )
 def status(c: Context, inventory: str | None = None, limit: str | None = None, kubeconfig: str | None = None,
-           report: str | None = None) -> None:
+           report: str | None = None, json: bool = False) -> None:
     """Per host: SSH, uptime, K3S service and version, node Ready/cordoned; exit 1 when something is wrong."""
-    from rich.console import Console
-
+    from picluster.console import make_console, print_json
     from picluster.ops.status import print_status
     from picluster.ops.status import status as read_status
     from picluster.report import write_report
 
     inv, hosts = _hosts(inventory, limit)
-    console = Console()
+    console = make_console(stderr=json)
     with console.status("reading the hosts"):
         run = read_status(inv, hosts, kubeconfig=kubeconfig)
-    print_status(run, console)
+    if json:
+        print_json(run.to_dict())
+    else:
+        print_status(run, console)
     if report:
         write_report(report, run.to_dict())
     if run.problems:
         raise Exit(f"cluster.status: {len(run.problems)} problems (above)", code=1)
+
+
+@task(
+    help={
+        "inventory": INVENTORY_HELP,
+        "limit": "update only these hosts, comma-separated (the order rules still apply among them)",
+        "dry-run": "print what each host would upgrade (apt-get -s dist-upgrade against fresh lists); change nothing",
+        "kubeconfig": KUBECONFIG_HELP,
+        "drain-timeout": "seconds each node's drain may take (default 300)",
+        "ready-timeout": "seconds each node may take to be Ready again (default 300)",
+        "verbose": "show each step's reason or diff",
+        "report": "also write the result and the timeline as JSON to this file",
+        "no-checks": "do not run the os checks afterwards",
+    },
+)
+def update(c: Context, inventory: str | None = None, limit: str | None = None, dry_run: bool = False,
+           kubeconfig: str | None = None, drain_timeout: float = 300.0, ready_timeout: float = 300.0,
+           verbose: bool = False, report: str | None = None, no_checks: bool = False) -> None:
+    """Upgrade OS packages: the gateway alone, then K3S nodes one at a time (drain, reboot if required, Ready)."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from picluster.ops.timeline import Timeline, event_line
+    from picluster.ops.update import update_stage
+    from picluster.tasks._maintenance import positive, run_stage_task, selected
+
+    drain_timeout, ready_timeout = positive("drain-timeout", drain_timeout), positive("ready-timeout", ready_timeout)
+    options = run_options(limit=limit, dry_run=dry_run, parallel=10)
+    console = Console()
+    timeline = Timeline(lambda e: console.print(event_line(e), highlight=False))
+    inv, hosts = selected(inventory, options, ("gateway", "server", "agent"))
+    stage = update_stage(inv, timeline, kubeconfig=Path(kubeconfig).expanduser() if kubeconfig else None,
+                         drain_timeout=drain_timeout, ready_timeout=ready_timeout)
+    run_stage_task(inv, stage, hosts, options, verbose=verbose, report=report, no_checks=no_checks,
+                   extra=lambda: {"timeline": [e.to_dict() for e in timeline.events]})
