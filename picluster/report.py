@@ -71,10 +71,10 @@ def host_lines(h: HostResult) -> Iterator[Text]:
 
 def print_stage(result: StageResult, *, verbose: bool = False, console: Console | None = None) -> None:
     """Print the stage table; with `verbose`, then every host's steps with their reason or diff."""
-    from rich.console import Console
+    from picluster.console import make_console, print_table
 
-    out = console or Console()
-    out.print(stage_table(result))
+    out = console or make_console()
+    print_table(out, stage_table(result))
     if verbose:
         for h in result.hosts:
             for line in host_lines(h):

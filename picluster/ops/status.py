@@ -230,10 +230,11 @@ def format_uptime(seconds: float | None) -> str:
 
 def print_status(run: StatusRun, console: Any = None) -> None:
     """The status table, then the API note and every problem, one line each."""
-    from rich.console import Console
     from rich.table import Table
 
-    out = console or Console()
+    from picluster.console import make_console, print_table
+
+    out = console or make_console()
     table = Table(title="cluster.status", title_justify="left")
     for column in ("host", "role", "ssh", "uptime", "k3s service", "k3s", "node", "kubelet", "os"):
         table.add_column(column, no_wrap=True)
@@ -248,7 +249,7 @@ def print_status(run: StatusRun, console: Any = None) -> None:
             node += ",[yellow]cordoned[/]"
         table.add_row(h.name, h.role, ssh, format_uptime(h.uptime), service if h.reachable else "-",
                       k3s if h.reachable else "-", node, h.kubelet_version or "-", h.os or "-")
-    out.print(table)
+    print_table(out, table)
     out.print(f"pinned: k3s {run.pinned_k3s} (k8s/versions.yml)", highlight=False)
     if run.api:
         out.print(f"[dim]API: not asked: {run.api}[/dim]", highlight=False)

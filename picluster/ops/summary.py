@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from types import TracebackType
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from picluster.console import is_live, make_console, print_table
 from picluster.ops.check import GateResult
 from picluster.ops.up import StageOutcome, UpRun
 from picluster.remote import SKIPPED, HostResult
@@ -18,12 +20,19 @@ STATUS_STYLE = {"ok": "green", "changed": "yellow", "failed": "red", "unreachabl
 
 
 class HostProgress:
-    """A rich progress bar that advances as hosts finish the current stage."""
+    """A rich progress bar that advances as hosts finish the current stage; where the console cannot redraw
+    (a pipe, a CI log), one line per event instead."""
 
     def __init__(self, console: Console | None = None) -> None:
+        self.console = console or make_console()
+        self.live = is_live(self.console)
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=console, transient=False)
+                                 TimeElapsedColumn(), console=self.console, transient=False, disable=not self.live)
         self.task: TaskID | None = None
+        self.stage = ""
+        self.done = 0
+        self.total = 0
+        self._lock = threading.Lock()
 
     def __enter__(self) -> HostProgress:
         self.progress.__enter__()
@@ -33,15 +42,26 @@ class HostProgress:
                  tb: TracebackType | None) -> None:
         self.progress.__exit__(kind, value, tb)
 
+    def _line(self, text: str) -> None:
+        if not self.live:
+            self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+
     def start_stage(self, stage: Stage, hosts: int) -> None:
+        self.stage, self.done, self.total = stage.name, 0, hosts
         self.task = self.progress.add_task(f"{stage.name:<10} {stage.summary}", total=hosts)
+        self._line(f"{stage.name}: started on {hosts} hosts: {stage.summary}")
 
     def start_gate(self, gate: str, hosts: int) -> None:
         self.task = self.progress.add_task(f"{'checks':<10} tests/infra/test_{gate}.py on {hosts} hosts", total=None)
+        self._line(f"{self.stage}: checks tests/infra/test_{gate}.py on {hosts} hosts")
 
     def host_done(self, result: HostResult) -> None:
-        if self.task is not None:
-            self.progress.advance(self.task)
+        with self._lock:
+            self.done += 1
+            if self.task is not None:
+                self.progress.advance(self.task)
+            self._line(f"{self.stage}: {result.host} {result.status} ({self.done}/{self.total}, "
+                       f"{result.duration:.1f}s)")
 
 
 def skipped_steps(result: HostResult) -> list[str]:
@@ -108,8 +128,8 @@ def _print_gate(console: Console, stage: str, g: GateResult) -> None:
 
 def print_up(run: UpRun, *, verbose: bool = False, console: Console | None = None) -> None:
     """Print a host × stage table, why stages were skipped, every failure in full, and (verbose) each step."""
-    console = console or Console()
-    console.print(_table(run))
+    console = console or make_console()
+    print_table(console, _table(run))
     for o in run.outcomes:
         _print_skips(console, o)
         if o.gate is not None:
