@@ -4,6 +4,11 @@ A secret called NAME is read from $PICLUSTER_SECRET_<NAME> (upper case, other ch
 $XDG_CONFIG_HOME/picluster/secrets/NAME (default ~/.config/picluster/secrets/NAME), which must not be
 readable by group or others. `ensure_secret` generates a random one on first use and stores it there;
 inside `dry_run()` it generates nothing and gives a placeholder (`is_dry_run` tells the other local material).
+
+A secret is kept exactly as set: the file (or the variable) holds the value and at most one final newline
+(the line end that `echo value > file` and our own writes add), and nothing else is removed; spaces, quotes, `$(...)` and `#`
+are part of it. A value with a control character (a second line, a CR, a tab) is refused, since it could not
+be written to a one-line file on a host.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from pathlib import Path
 
 from picluster.localfs import write_atomic
 
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 ENV_PREFIX = "PICLUSTER_SECRET_"
 _LOCK = threading.Lock()   # stages plan hosts in parallel threads: one value per secret, made once
 # Process-wide, not a contextvar: the hosts of a dry run are planned in worker threads.
@@ -44,37 +50,52 @@ def env_name(name: str) -> str:
 
 def secret_path(name: str) -> Path:
     """Return the file that holds the secret `name` (checking the name first)."""
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise SecretError(f"secret name {name!r}: use letters, digits, '_', '-' and '.'")
     return secrets_dir() / name
 
 
 def read_secret(name: str) -> str | None:
-    """Return the secret (surrounding whitespace removed), or None when neither the variable nor the file exists.
+    """Return the secret exactly as set, or None when neither the variable nor the file exists.
 
-    A file readable by others, or empty, is an error that says how to fix it.
+    Of the variable or the file only one final newline is removed. A file readable by others, an empty value or one with a
+    control character is an error that says how to fix it.
     """
     path = secret_path(name)
     env = env_name(name)
-    if os.environ.get(env, "").strip():
-        return os.environ[env].strip()
+    if os.environ.get(env, "").removesuffix("\n"):
+        return _checked(name, os.environ[env].removesuffix("\n"), f"${env}")
     try:
         mode = path.stat().st_mode
-        value = path.read_text(encoding="utf-8").strip()
+        with path.open(encoding="utf-8", newline="") as f:  # newline="": a CR is kept, to be refused
+            value = f.read().removesuffix("\n")
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError:
+        raise SecretError(f"secret {name!r}: {path} is not UTF-8 text; write the value as UTF-8") from None
     except OSError as err:
         raise SecretError(f"secret {name!r}: cannot read {path}: {err.strerror}") from None
     if mode & 0o077:
         raise SecretError(f"secret {name!r}: {path} is readable by others; chmod 600 {path}")
     if not value:
         raise SecretError(f"secret {name!r}: {path} is empty; remove it to have a new one made, or fill it")
+    return _checked(name, value, str(path))
+
+
+def _checked(name: str, value: str, where: str) -> str:
+    """`value`, unless it has a control character (a second line, a CR, a tab), which no host file could hold."""
+    if _CONTROL.search(value):
+        raise SecretError(f"secret {name!r}: {where} holds a control character (a second line, a CR or a tab); "
+                          "a secret is one line of printable characters: rewrite it")
     return value
 
 
 def write_secret(name: str, value: str) -> Path:
     """Store `value` as the secret `name` (0600, directory 0700), replacing it atomically; return the file."""
     path = secret_path(name)
+    if not value:
+        raise SecretError(f"secret {name!r}: an empty value cannot be stored")
+    _checked(name, value, "the value given")
     write_atomic(path, value + "\n", 0o600, dir_mode=0o700)
     return path
 
@@ -133,8 +154,8 @@ def ensure_secret(name: str, generate: Callable[[], str] = random_token) -> str:
         if _DRY_RUN:
             return NOT_MADE
         value = generate()
-        if not value or "\n" in value:
-            raise SecretError(f"secret {name!r}: the generator made an empty or multi-line value")
+        if not value or _CONTROL.search(value):
+            raise SecretError(f"secret {name!r}: the generator made an empty value or one with a control character")
         return _create_secret(name, value)
 
 

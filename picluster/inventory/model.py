@@ -8,6 +8,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
+from picluster.inventory import grammar
 from picluster.inventory.settings import HostSettings, settings_of
 
 ROLES = ("gateway", "server", "agent")
@@ -37,7 +38,14 @@ class AdminUser:
                     f"admin user {self.name}: cannot read SSH public key file {path}: {err.strerror}; "
                     "create it (ssh-keygen) or fix ssh_key_files"
                 ) from None
-            keys.extend(line.strip() for line in text.splitlines() if line.strip())
+            for number, line in enumerate(text.split("\n"), 1):
+                line = line.removesuffix("\r").strip(" \t")
+                if not line or line.startswith("#"):
+                    continue
+                if not grammar.ssh_public_key_line(line):
+                    raise InventoryError(f"admin user {self.name}: {path}: line {number} is not one OpenSSH public "
+                                         "key line ('ssh-ed25519 AAAA... comment'); fix ssh_key_files")
+                keys.append(line)
         return keys
 
 

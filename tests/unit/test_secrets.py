@@ -25,10 +25,57 @@ def test_generated_once_stored_0600_in_a_0700_folder(home: Path) -> None:
     assert [p.name for p in home.iterdir()] == ["k3s_token_lab"]      # no temporary file left
 
 
-def test_the_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_environment_wins_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PICLUSTER_SECRET_K3S_TOKEN_PICLUSTER_LAB", " s3cret \n")
     assert secrets.env_name("k3s_token_picluster-lab") == "PICLUSTER_SECRET_K3S_TOKEN_PICLUSTER_LAB"
-    assert secrets.ensure_secret("k3s_token_picluster-lab") == "s3cret"
+    assert secrets.ensure_secret("k3s_token_picluster-lab") == " s3cret "   # only the one line end goes
+
+
+HAND_SET = [" pa ss ", "a$(reboot)b", "`id`", "it's \"quoted\"", "#not-a-comment", "x=y;z", "trailing space ",
+            "\\back\\slash", "ünïcödé", "%s%n", "$HOME", "a'b\"c"]
+
+
+@pytest.mark.parametrize("value", HAND_SET)
+def test_a_secret_set_by_hand_is_kept_exactly(home: Path, value: str) -> None:
+    home.mkdir(parents=True)
+    path = home / "wifi_password"
+    path.write_text(value)                  # written without a line end (printf '%s')
+    path.chmod(0o600)
+    assert secrets.require_secret("wifi_password") == value
+    path.write_text(value + "\n")           # as `echo value > file` writes it: the one line end is not part of it
+    assert secrets.require_secret("wifi_password") == value
+    path.write_text(value + "\n\n")         # a second line end is a second (empty) line: refused, not stripped
+    with pytest.raises(secrets.SecretError, match=r"control character"):
+        secrets.require_secret("wifi_password")
+
+
+@pytest.mark.parametrize("value", ["two\nlines", "cr\r", "tab\there", "nul\x00"])
+def test_a_secret_with_a_control_character_is_refused(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       value: str) -> None:
+    home.mkdir(parents=True)
+    path = home / "restic_repository_password"
+    path.write_bytes(value.encode() + b"\n")
+    path.chmod(0o600)
+    with pytest.raises(secrets.SecretError, match=r"holds a control character"):
+        secrets.ensure_secret("restic_repository_password")
+    with pytest.raises(secrets.SecretError, match=r"control character"):
+        secrets.write_secret("other", value)
+    if "\x00" in value:
+        return  # no environment variable can hold a NUL
+    monkeypatch.setenv("PICLUSTER_SECRET_MINIO_ROOT_PASSWORD", value)
+    with pytest.raises(secrets.SecretError, match=r"\$PICLUSTER_SECRET_MINIO_ROOT_PASSWORD holds a control"):
+        secrets.ensure_secret("minio_root_password")
+
+
+def test_a_stored_secret_reads_back_exactly(home: Path) -> None:
+    for value in HAND_SET:
+        secrets.write_secret("minio_root_password", value)
+        assert secrets.read_secret("minio_root_password") == value
+
+
+def test_a_secret_name_with_a_line_end_is_refused() -> None:
+    with pytest.raises(secrets.SecretError, match=r"use letters, digits"):
+        secrets.secret_path("wifi_password\n")
 
 
 def test_missing_is_none_or_says_where_to_put_it(home: Path) -> None:
