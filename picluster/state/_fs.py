@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import hashlib
 import re
 import shlex
 from dataclasses import dataclass
@@ -84,19 +85,25 @@ def write_command(
 
     `data` is the content, or a local file whose content is streamed (never read into memory whole).
 
-    The new file is written beside the old one (mode 0600 while written) and renamed over it;
-    attributes not managed here are copied from the old file, when there is one. Missing parent
+    The new file is written beside the old one (mode 0600 while written), its sha256 compared with the
+    content's, and only then renamed over it: a transfer cut or truncated on the way leaves the old file
+    and fails. Once the content is whole, losing the session (hang-up, closed pipes) no longer stops the
+    install. Attributes not managed here are copied from the old file, when there is one. Missing parent
     directories are created. With `check` (a shell command with `{path}` where the candidate file goes),
     the new file replaces the old one only when the check passes.
     """
     p = q(path)
     parent = path.rsplit("/", 1)[0] or "/"
+    digest = sha256_of(data)
     lines = [
         "set -e",
+        "trap '' HUP PIPE",   # a session that goes away neither stops the install nor leaves the temporary file
         f"mkdir -p -- {q(parent)}",  # a missing parent is made 0755 root, like `install -D`
         f"tmp=$(mktemp -- {q(path + '.picluster-XXXXXX')})",
         "trap 'rm -f -- \"$tmp\"' EXIT",
         'base64 -d > "$tmp"',
+        f'[ "$(sha256sum < "$tmp")" = {q(digest + "  -")} ] || {{ printf \'%s\\n\' '
+        + q(f"rejected: the new {path} arrived incomplete (sha256 differs); the old one stays") + " >&2; exit 1; }",
         f'if [ -e {p} ]; then chown --reference={p} -- "$tmp"; chmod --reference={p} -- "$tmp"; fi',
         *attr_commands('"$tmp"', mode, owner, group),
     ]
@@ -107,6 +114,17 @@ def write_command(
     if isinstance(data, Path):
         return Command("\n".join(lines), stdin_file=data)
     return Command("\n".join(lines), stdin=base64.b64encode(data) + b"\n")
+
+
+def sha256_of(data: bytes | Path) -> str:
+    """Return the hex sha256 of `data`, or of the local file it names (read in pieces)."""
+    if isinstance(data, bytes):
+        return hashlib.sha256(data).hexdigest()
+    h = hashlib.sha256()
+    with data.open("rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            h.update(piece)
+    return h.hexdigest()
 
 
 def rewrite_command(path: str, old: bytes | None, data: bytes, *, mode: int | None = 0o644,

@@ -7,11 +7,12 @@ from invoke import Collection
 
 def namespace() -> Collection:
     """Build the root collection. Task modules import heavy libraries inside task bodies only."""
-    from picluster.tasks import apps, check, cluster, gateway, image, inventory, k3s, lab, os_stage, versions
+    from picluster.tasks import apps, check, cluster, gateway, hosts, image, inventory, k3s, lab, os_stage, versions
 
     ns = Collection()
     ns.add_collection(Collection.from_module(inventory, name="inventory"))
     ns.add_collection(Collection.from_module(image, name="image"))
+    ns.add_collection(Collection.from_module(hosts, name="hosts"))
     ns.add_collection(Collection.from_module(cluster, name="cluster"))
     ns.add_collection(Collection.from_module(os_stage, name="os"))
     ns.add_collection(Collection.from_module(gateway, name="gateway"))
@@ -20,5 +21,16 @@ def namespace() -> Collection:
     ns.add_collection(Collection.from_module(versions, name="versions"))
     ns.add_collection(Collection.from_module(lab, name="lab"))
     ns.add_task(check.check)
+    _pipe_safe(ns)
     ns.configure({"run": {"echo": False}})
     return ns
+
+
+def _pipe_safe(ns: Collection) -> None:
+    """Every task stops quietly (exit 141) when the reader of its output goes away (`| head`)."""
+    from picluster.console import pipe_safe
+
+    for t in ns.tasks.values():
+        t.body = pipe_safe(t.body)
+    for sub in ns.collections.values():
+        _pipe_safe(sub)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import re
 import stat
@@ -359,3 +360,75 @@ def test_an_interrupted_flash_says_so_plainly(tmp_path: Path, built: BuiltImage,
     else:
         assert "is partly written and will not boot; run image.flash again" in str(err.value)
     assert not (tmp_path / "known_hosts").exists()
+
+
+# --- the disk the user confirmed is the disk written ------------------------------------------------------
+
+
+class SwappedAfterConfirm(FakeDeviceInspector):
+    """Answers one lsblk text until the user confirms, then another: the disk at the path was swapped."""
+
+    def __init__(self, path: str, before: str, after: str) -> None:
+        super().__init__({path: before})
+        self.path, self.after = path, after
+
+    def swap(self) -> None:
+        self._lsblk[self.path] = self.after
+
+
+def _with_devno(text: str, devno: str) -> str:
+    data = json.loads(text)
+    data["blockdevices"][0]["maj:min"] = devno
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize("change", [
+    {"serial": "OTHER-SERIAL"},
+    {"size": 128 * MIB},
+    {"devno": "8:32"},
+    {"mountpoints": ("/media/someone/stick",)},
+])
+def test_a_disk_changed_between_confirmation_and_writing_is_refused(
+        tmp_path: Path, built: BuiltImage, inv: Inventory, base_url: str, change: dict[str, object]) -> None:
+    disk = tmp_path / "sdb"
+    disk.write_bytes(b"\xaa" * (96 * MIB))
+    confirmed = _with_devno(lsblk_json(str(disk), size=96 * MIB, rm=True), "8:16")
+    kw: dict = {"size": 96 * MIB, "rm": True, **{k: v for k, v in change.items() if k != "devno"}}
+    now = _with_devno(lsblk_json(str(disk), **kw), str(change.get("devno", "8:16")))
+    fake = SwappedAfterConfirm(str(disk), confirmed, now)
+
+    def confirm(question: str) -> bool:
+        fake.swap()   # e.g. the user pulled the stick and put in another while the question waited
+        return True
+
+    with pytest.raises(ImageError, match=r"refusing to write .*sdb") as err:
+        flash(inv, inv.hosts["node3"], device=str(disk), output=None,
+              opts=options(tmp_path, built, base_url), inspector=fake, progress=Silent(), confirm=confirm)
+    assert "\n" not in str(err.value)
+    assert disk.read_bytes() == b"\xaa" * (96 * MIB)
+    assert fake.asked == [str(disk), str(disk)]
+
+
+def test_the_device_opened_must_have_the_confirmed_number(tmp_path: Path) -> None:
+    """The last check is on the open file itself: a path now naming another device is refused before a byte."""
+    from picluster.stages.image.source import ImageSource
+    from picluster.stages.image.writer import write_image
+
+    image = tmp_path / "tiny.img"
+    image.write_bytes(b"\x01" * 4096)
+    backing = tmp_path / "disk"
+    backing.write_bytes(b"\xaa" * (4 * MIB))
+    attached = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True, text=True)
+    if attached.returncode != 0:
+        pytest.skip(f"no loop device here: {attached.stderr.strip()}")
+    loop = attached.stdout.strip()
+    try:
+        rdev = os.stat(loop).st_rdev
+        with pytest.raises(ImageError, match="not the device 8:16 you confirmed"):
+            write_image(ImageSource.open(image), loop, Silent(), create=False, devno="8:16")
+        assert backing.read_bytes()[:4096] == b"\xaa" * 4096
+        written = write_image(ImageSource.open(image), loop, Silent(), create=False,
+                              devno=f"{os.major(rdev)}:{os.minor(rdev)}")
+    finally:
+        subprocess.run(["losetup", "--detach", loop], check=False)
+    assert written.size == 4096 and backing.read_bytes()[:4096] == b"\x01" * 4096

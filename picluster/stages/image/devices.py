@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from picluster.stages.image import ImageError
 
-LSBLK_COLUMNS = "NAME,PATH,TYPE,SIZE,MODEL,SERIAL,RM,HOTPLUG,TRAN,RO,MOUNTPOINTS"
+LSBLK_COLUMNS = "NAME,PATH,MAJ:MIN,TYPE,SIZE,MODEL,SERIAL,RM,HOTPLUG,TRAN,RO,MOUNTPOINTS"
 # Mount points that make a disk part of this machine's running system: never overwritten, even with --force.
 SYSTEM_MOUNTS = ("/", "/boot", "/boot/efi", "/boot/firmware", "/usr", "/var", "/home", "[SWAP]")
 
@@ -39,6 +39,12 @@ class DeviceFacts:
     transport: str
     read_only: bool
     mounts: tuple[Mount, ...] = ()
+    devno: str = ""     # major:minor, the kernel's number for the device
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """What makes this the disk the user confirmed: size, serial, model and device number."""
+        return {"size": str(self.size), "serial": self.serial, "model": self.model, "device number": self.devno}
 
     @property
     def usb(self) -> bool:
@@ -123,7 +129,15 @@ def parse_lsblk(text: str, path: str, mounts_text: str = "") -> DeviceFacts:
         transport=_text(root.get("tran")),
         read_only=_flag(root.get("ro")),
         mounts=tuple(mounts),
+        devno=_text(root.get("maj:min")),
     )
+
+
+def changes(confirmed: DeviceFacts, now: DeviceFacts) -> list[str]:
+    """What differs between the disk the user confirmed and what the path is now (empty: the same disk)."""
+    before, after = confirmed.identity, now.identity
+    return [f"{what} {before[what] or 'unknown'} -> {after[what] or 'unknown'}"
+            for what in before if before[what] != after[what]]
 
 
 def refusals(facts: DeviceFacts, image_size: int, force: bool = False) -> list[str]:

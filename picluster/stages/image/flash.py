@@ -19,7 +19,7 @@ from picluster.sshkeys import pin_known_host
 from picluster.stages.image import ImageError
 from picluster.stages.image.bootfs import Directory, FatPartition
 from picluster.stages.image.catalog import ImageEntry, catalog_path, check_sha256, load_catalog, override
-from picluster.stages.image.devices import DeviceFacts, Inspector, inspect, refusals
+from picluster.stages.image.devices import DeviceFacts, Inspector, changes, inspect, refusals
 from picluster.stages.image.download import fetch
 from picluster.stages.image.partitions import file_reader, find_boot, find_root
 from picluster.stages.image.progress import Progress
@@ -120,6 +120,15 @@ def _check_output(path: Path, size: int) -> None:
         raise ImageError(f"--output {path}: {free} bytes free in {path.parent}, the image needs {size}")
 
 
+def _still_the_same(confirmed: DeviceFacts, now: DeviceFacts, size: int, force: bool) -> None:
+    """Refuse unless the disk at the path is still the one the user confirmed, and still may be written."""
+    changed = changes(confirmed, now)
+    if changed:
+        raise ImageError(f"refusing to write {confirmed.path}: it is no longer the disk you confirmed "
+                         f"({'; '.join(changed)}); nothing was written, run image.flash again", code=1)
+    _refuse(now, size, force)
+
+
 def _refuse(facts: DeviceFacts, size: int, force: bool) -> None:
     reasons = refusals(facts, size, force)
     if reasons:
@@ -152,6 +161,7 @@ def flash(inv: Inventory, host: Host, *, device: str | None, output: str | None,
                 f"Write {entry.name} ({source.size} bytes) to {facts.describe()}? Everything on it is lost."):
             raise ImageError(f"not confirmed; nothing was written to {device} "
                              "(answer yes, or pass --yes when running without a terminal)", code=1)
+        _still_the_same(facts, inspect(device, inspector), source.size, opts.force)
         write_path = device
     else:
         assert output is not None
@@ -160,7 +170,8 @@ def flash(inv: Inventory, host: Host, *, device: str | None, output: str | None,
         write_path = str(out.with_name(f".{out.name}.partial"))
 
     try:
-        written = write_image(source, write_path, progress, create=device is None)
+        written = write_image(source, write_path, progress, create=device is None,
+                              devno=facts.devno if facts is not None else "")
         if opts.verify:
             verify(write_path, written, progress)
         applied = seed_disk(write_path, seed, entry.usb_boot_fix)

@@ -51,15 +51,24 @@ def _blocks(source: ImageSource, out: queue.Queue[bytes | bytearray | BaseExcept
         out.put(err)
 
 
-def write_image(source: ImageSource, target: str, progress: Progress, *, create: bool) -> Written:
-    """Write the whole image to `target` (a device, or a file to create) and fsync it."""
+def write_image(source: ImageSource, target: str, progress: Progress, *, create: bool, devno: str = "") -> Written:
+    """Write the whole image to `target` (a device, or a file to create) and fsync it.
+
+    `devno` (major:minor) is the device the user confirmed: a device opened under another number is refused.
+    """
     # A disk is opened exclusively: Linux then refuses it while a partition is mounted or otherwise in use.
     flags = os.O_WRONLY | (os.O_CREAT | os.O_TRUNC if create else os.O_EXCL)
     try:
         fd = os.open(target, flags, 0o644)
     except OSError as err:
         raise ImageError(f"cannot open {target} for writing: {err.strerror}", code=1) from None
-    block_device = stat.S_ISBLK(os.fstat(fd).st_mode)
+    st = os.fstat(fd)
+    block_device = stat.S_ISBLK(st.st_mode)
+    number = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}" if block_device else "not a block device"
+    if devno and number != devno:
+        os.close(fd)
+        raise ImageError(f"refusing to write {target}: it is now {number}, not the device {devno} you confirmed; "
+                         "nothing was written", code=1)
     pieces: queue.Queue[bytes | bytearray | BaseException | None] = queue.Queue(QUEUE_BLOCKS)
     stop = threading.Event()
     worker = threading.Thread(target=_blocks, args=(source, pieces, stop), daemon=True, name="decompress")
