@@ -6,9 +6,9 @@ readable by group or others. `ensure_secret` generates a random one on first use
 inside `dry_run()` it generates nothing and gives a placeholder (`is_dry_run` tells the other local material).
 
 A secret is kept exactly as set: the file (or the variable) holds the value and at most one final newline
-(the line end that `echo value > file` and our own writes add), and nothing else is removed; spaces, quotes, `$(...)` and `#`
-are part of it. A value with a control character (a second line, a CR, a tab) is refused, since it could not
-be written to a one-line file on a host.
+(the line end that `echo value > file` and our own writes add), and nothing else is removed; spaces, quotes,
+`$(...)` and `#` are part of it. A value with a control character (a second line, a CR, a tab) is refused,
+since it could not be written to a one-line file on a host.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ def secret_path(name: str) -> Path:
 def read_secret(name: str) -> str | None:
     """Return the secret exactly as set, or None when neither the variable nor the file exists.
 
-    Of the variable or the file only one final newline is removed. A file readable by others, an empty value or one with a
-    control character is an error that says how to fix it.
+    Of the variable or the file only one final newline is removed. A file readable by others, an empty value
+    or one with a control character is an error that says how to fix it.
     """
     path = secret_path(name)
     env = env_name(name)

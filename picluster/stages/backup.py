@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from picluster import secrets
+from picluster.envfile import env_file
 from picluster.inventory import Host, Inventory
 from picluster.remote import AnyStep, Change, Command, Decision, Ok, ProbeOutput, StepError, changed_mark
 from picluster.stages.apps.pki import ServerPki
@@ -201,9 +202,16 @@ class MinioProvision:
 
 
 def minio_conf(root_password: str) -> str:
-    return (f"MINIO_ROOT_USER=minioadmin\nMINIO_ROOT_PASSWORD={root_password}\nMINIO_VOLUMES={MINIO_DATA}\n"
-            f'MINIO_OPTS="--address :9091 --console-address :9092 --certs-dir {MINIO_SSL}"\n'
-            "MINIO_SITE_REGION=eu-west-1\n")
+    """Minio's env file, read by systemd (EnvironmentFile) and by sh (mc's steps): every value quoted for both."""
+    return env_file([("MINIO_ROOT_USER", "minioadmin"), ("MINIO_ROOT_PASSWORD", root_password),
+                     ("MINIO_VOLUMES", MINIO_DATA),
+                     ("MINIO_OPTS", f"--address :9091 --console-address :9092 --certs-dir {MINIO_SSL}"),
+                     ("MINIO_SITE_REGION", "eu-west-1")])
+
+
+def minio_users(passwords: Mapping[str, str]) -> str:
+    """The bucket users' secret keys (user -> password), as sh reads them (`. users.env`)."""
+    return env_file([(f"MINIO_USER_{user.upper()}", password) for user, password in passwords.items()])
 
 
 def minio_unit() -> str:
@@ -214,8 +222,10 @@ def minio_unit() -> str:
 
 
 def restic_env(inv: Inventory, repo_password: str, s3_password: str) -> str:
-    return (f"RESTIC_REPOSITORY=s3:https://s3.{inv.cluster.domain}:9091/restic\n"
-            f"RESTIC_PASSWORD={repo_password}\nAWS_ACCESS_KEY_ID=restic\nAWS_SECRET_ACCESS_KEY={s3_password}\n")
+    """restic's env file, as sh reads it (`set -a; . restic.env`): the passwords exactly as stored."""
+    return env_file([("RESTIC_REPOSITORY", f"s3:https://s3.{inv.cluster.domain}:9091/restic"),
+                     ("RESTIC_PASSWORD", repo_password), ("AWS_ACCESS_KEY_ID", "restic"),
+                     ("AWS_SECRET_ACCESS_KEY", s3_password)])
 
 
 def backup_script(inv: Inventory) -> str:
@@ -264,7 +274,7 @@ def server_pki(inv: Inventory) -> ServerPki:
 
 def minio_steps(inv: Inventory, host: Host) -> list[AnyStep]:
     server = server_pki(inv)
-    users = "".join(f"MINIO_USER_{u.upper()}={secrets.ensure_secret(f'minio_{u}_password')}\n" for u in BUCKETS)
+    users = minio_users({u: secrets.ensure_secret(f"minio_{u}_password") for u in BUCKETS})
     policies: list[AnyStep] = [File(f"/etc/minio/{b}-rw.json", bucket_policy(b, velero=u == "velero"))
                                for u, b in BUCKETS.items()]
     return [

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from picluster import secrets
+from picluster import envfile, secrets
 from picluster.inventory import Host, Inventory
 from picluster.remote import AnyStep
 from picluster.stages import os as os_stage
@@ -102,13 +102,18 @@ def fluentbit_conf(inv: Inventory, host: Host) -> str:
                   fluentd=f"fluentd.{inv.cluster.domain}", hostname=host.name)
 
 
+def fluentbit_env(shared_key: str) -> str:
+    """fluent-bit's env file (systemd's EnvironmentFile): the shared key exactly as stored."""
+    return envfile.env_file([("FLUENTD_SHARED_KEY", shared_key)])
+
+
 def fluentbit_steps(inv: Inventory, host: Host) -> list[AnyStep]:
     """Return fluent-bit's steps: vendor repository, pinned package, configuration, service."""
     if "fluentd" not in inv.cluster.services:
         return [NotConfigured("fluent-bit", "cluster.services has no 'fluentd': no logs are forwarded")]
     # NOTE: made on first use and shared with the cluster's fluentd (the apps stage reads the same secret)
     key = secrets.ensure_secret(SHARED_KEY_SECRET)
-    env_file = File(FLUENTBIT_ENV, f"FLUENTD_SHARED_KEY={key}\n", mode=0o600, secret=True)
+    env_file = File(FLUENTBIT_ENV, fluentbit_env(key), mode=0o600, secret=True)
     changed = [FLUENTBIT_CONF, FLUENTBIT_PARSERS, FLUENTBIT_LUA, FLUENTBIT_ENV, FLUENTBIT_DROPIN]
     return [
         AptRepository("fluent-bit", FLUENTBIT_URL, FLUENTBIT_KEY_URL, FLUENTBIT_KEY_FINGERPRINT),

@@ -63,8 +63,8 @@ def test_the_secret_files_hold_store_values_and_never_show_them(inv: Inventory) 
     env = files[backup.RESTIC_ENV]
     assert env.secret and env.mode == 0o600
     text = env.data.decode()
-    assert "RESTIC_REPOSITORY=s3:https://s3.picluster.example.com:9091/restic\n" in text
-    assert f"RESTIC_PASSWORD={secrets.read_secret('restic_repository_password')}\n" in text
+    assert "RESTIC_REPOSITORY='s3:https://s3.picluster.example.com:9091/restic'\n" in text
+    assert f"RESTIC_PASSWORD='{secrets.read_secret('restic_repository_password')}'\n" in text
     assert files[backup.MINIO_CONF].secret and files[f"{backup.MINIO_SSL}/private.key"].secret
     decision = env.decide(env.parse({"stat": ProbeOutput("", 1), "content": ProbeOutput("", 1)}, frozenset()))
     assert isinstance(decision, Change)
@@ -283,7 +283,7 @@ def test_a_dry_run_makes_no_secret_and_no_ca(tmp_path: Path, monkeypatch: pytest
     assert not secrets.secrets_dir().exists() and not (tmp_path / "state").exists()
     files = {f.path: f for s in steps for f in getattr(s, "steps", []) if hasattr(f, "data")}
     assert files[backup.RESTIC_CA].data.decode() == secrets.NOT_MADE
-    assert f"RESTIC_PASSWORD={secrets.NOT_MADE}\n" in files[backup.RESTIC_ENV].data.decode()
+    assert f"RESTIC_PASSWORD='{secrets.NOT_MADE}'\n" in files[backup.RESTIC_ENV].data.decode()
     backup.plan(inv)                                                   # a real run makes them, once
     assert secrets.read_secret("restic_repository_password") not in (None, secrets.NOT_MADE)
     assert (tmp_path / "state" / "pki" / "CA.pem").is_file()

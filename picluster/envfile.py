@@ -1,0 +1,32 @@
+"""Environment files that systemd's `EnvironmentFile=` and a shell's `set -a; . FILE` read the same way.
+
+Every value is single-quoted, a quote inside as `'\\''`: sh takes the quoted text literally, and systemd's
+env-file parser does the same (in single quotes nothing is special; a backslash outside quotes escapes the
+next character). So a password with `$(...)`, backticks, quotes, spaces or `#` reaches the program exactly
+as typed, and no value can start a second line: a control character is refused.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def quote(value: str) -> str:
+    """`value` single-quoted for sh and systemd alike; ValueError for a control character (a second line)."""
+    if _CONTROL.search(value):
+        raise ValueError("a value of an environment file holds a control character (a second line, a CR or a tab)")
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def env_file(pairs: Iterable[tuple[str, str]]) -> str:
+    """The lines NAME='value' of `pairs`, each value quoted by `quote`."""
+    lines = []
+    for name, value in pairs:
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"not an environment variable name: {name!r}")
+        lines.append(f"{name}={quote(value)}\n")
+    return "".join(lines)
