@@ -224,7 +224,11 @@ def run_steps(
     ex = Executor(c, sudo=sudo, command_timeout=command_timeout)
     results: list[StepResult] = []
     for step in steps:
+        if run.stop.is_set():
+            break
+        run.current = step.name
         results.append(run_step(ex, step, run, dry_run=dry_run))
+        run.current = None
         if results[-1].status == "failed":
             break
         old_boot = rebooting_from(run.marks)

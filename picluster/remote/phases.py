@@ -21,10 +21,10 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from fabric import Config
 
-from picluster.remote.connect import DEFAULT_TIMEOUT, Unreachable, connect
+from picluster.remote.connect import DEFAULT_HOST_TIMEOUT, DEFAULT_TIMEOUT, Unreachable, connect
 from picluster.remote.execute import LOST, CommandFailed, Executor
 from picluster.remote.results import HostResult, HostStatus, StageResult, StepResult
-from picluster.remote.stage import run_host, run_stage
+from picluster.remote.stage import DEFAULT_COMMAND_TIMEOUT, run_host, run_stage
 from picluster.remote.step import AnyStep, Change, Decision, Ok, ProbeOutput, StepError
 from picluster.remote.target import HostLike
 
@@ -47,6 +47,7 @@ class RunOptions:
     progress: bool = False                  # long waits may draw their own progress
     releases: tuple[str, ...] | None = None  # the apps stage: only these Helm releases
     releases_only: bool = False             # the apps stage: no host phase, only the releases
+    host_timeout: float = DEFAULT_HOST_TIMEOUT  # seconds of silence after which a host is unreachable
 
     def selected(self, name: str) -> bool:
         """Return whether this run covers the host `name`."""
@@ -114,9 +115,10 @@ class Connecting:
     """How the runner reaches hosts: timeouts and the SSH configuration."""
 
     timeout: float = DEFAULT_TIMEOUT
-    command_timeout: float | None = None
+    command_timeout: float | None = DEFAULT_COMMAND_TIMEOUT
     config: Config | None = None
     first_contact: bool = False
+    host_timeout: float = DEFAULT_HOST_TIMEOUT
 
 
 @dataclass
@@ -185,7 +187,8 @@ class ControllerContext:
     def read(self, host: HostLike, probes: Mapping[str, str]) -> dict[str, ProbeOutput]:
         """Run read-only probes on `host` in one round trip; raise StepError when it cannot be asked."""
         try:
-            conn = connect(host.ssh, name=host.name, timeout=self.connecting.timeout, config=self.connecting.config)
+            conn = connect(host.ssh, name=host.name, timeout=self.connecting.timeout, config=self.connecting.config,
+                           host_timeout=self.connecting.host_timeout)
         except Unreachable as err:
             raise StepError(str(err)) from None
         try:
@@ -201,7 +204,8 @@ class ControllerContext:
     def run_on(self, host: HostLike, plan: Callable[[Any], Sequence[AnyStep]]) -> HostResult:
         """Run host steps on one host now (its results join its row); raise StepError if they failed."""
         result = run_host(host, plan, dry_run=self.options.dry_run, timeout=self.connecting.timeout,
-                          command_timeout=self.connecting.command_timeout, config=self.connecting.config)
+                          command_timeout=self.connecting.command_timeout, config=self.connecting.config,
+                          host_timeout=self.connecting.host_timeout)
         self.table.add(result)
         if result.status in ("failed", "unreachable"):
             failed = result.failed_step
@@ -241,7 +245,7 @@ def run_phases(
 ) -> StageResult:
     """Run the stage `name`'s phases in order on `hosts`; return one result table; never raises for a host."""
     start = time.monotonic()
-    connecting = connecting or Connecting()
+    connecting = connecting or Connecting(host_timeout=options.host_timeout)
     table = ResultTable([h.name for h in hosts])
     host_phases = [i for i, p in enumerate(phases) if isinstance(p, HostPhase)]
     lock = threading.Lock()
@@ -261,7 +265,7 @@ def run_phases(
                 run_stage(name, targets, phase.plan, dry_run=options.dry_run, parallel=options.parallel,
                           first_contact=connecting.first_contact, timeout=connecting.timeout,
                           command_timeout=connecting.command_timeout, config=connecting.config,
-                          on_host_done=merge, check=False)
+                          on_host_done=merge, check=False, host_timeout=connecting.host_timeout)
         elif not table.any_failed:
             phase_start = time.monotonic()
             steps = phase.run(ControllerContext(options, hosts, table, connecting, on_step=on_controller_step))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,9 +111,12 @@ AnyStep = Step[Any]
 
 @dataclass
 class HostRun:
-    """Per host, per run: the marks steps left so far (apt updated, units changed, reboot needed)."""
+    """Per host, per run: the marks steps left so far (apt updated, units changed, reboot needed), the step
+    running now, and whether the run was stopped (Ctrl-C: no further step starts)."""
 
     marks: set[str] = field(default_factory=set)
+    current: str | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
 
     def record(self, change: Change) -> None:
         """Apply a change's marks."""

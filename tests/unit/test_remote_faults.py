@@ -199,3 +199,90 @@ def test_trust_of_a_closed_port_is_one_line_within_the_timeout(sshd: Sshd, tmp_p
     with pytest.raises(Unreachable, match="cannot reach") as err:
         offered_key(sshd.target(sshd.closed_port(), tmp_path / "known_hosts"), timeout=2)
     assert "\n" not in str(err.value) and time.monotonic() - start < 3
+
+
+# --- every wait bounded --------------------------------------------------------------------------------------
+
+
+def test_a_connection_keeps_alive_and_gives_up_on_unacknowledged_data(sshd: Sshd, tmp_path: Path) -> None:
+    import socket
+
+    from picluster.remote.connect import connect
+
+    target = sshd.target(sshd.ports[0], sshd.known_hosts(tmp_path / "known_hosts"))
+    conn = connect(target, host_timeout=30)
+    try:
+        assert conn.transport is not None
+        assert conn.transport.packetizer._Packetizer__keepalive_interval == 5  # type: ignore[attr-defined]
+        assert conn.transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 25_000
+    finally:
+        conn.close()
+
+
+def test_a_port_that_never_says_its_banner_is_unreachable_within_the_timeout(tmp_path: Path) -> None:
+    import socket
+
+    from picluster.remote.connect import Unreachable, connect
+
+    with socket.socket() as mute:   # accepts TCP (the kernel's backlog) but never speaks SSH
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(1)
+        target = SshTarget("127.0.0.1", mute.getsockname()[1], "root", None, tmp_path / "known_hosts")
+        start = time.monotonic()
+        with pytest.raises(Unreachable) as err:
+            connect(target, name="mute", timeout=1.0)
+        took = time.monotonic() - start
+    assert took < 3, took
+    assert str(err.value).startswith("mute: ") and "\n" not in str(err.value)
+
+
+def test_commands_have_a_generous_timeout_by_default() -> None:
+    from picluster.remote.phases import Connecting
+    from picluster.remote.stage import DEFAULT_COMMAND_TIMEOUT
+
+    assert Connecting().command_timeout == DEFAULT_COMMAND_TIMEOUT >= 1800   # a full apt upgrade on a slow Pi
+    assert Connecting().host_timeout == 60
+
+
+@dataclass(frozen=True)
+class Sleep:
+    name: str = "long work"
+
+    def probes(self) -> dict[str, str]:
+        return {}
+
+    def parse(self, outputs: object, marks: frozenset[str]) -> None:
+        return None
+
+    def decide(self, facts: None) -> Change:
+        return Change("sleep", [Command("sleep 30")])
+
+
+def test_ctrl_c_stops_every_host_within_two_seconds_and_says_what_each_was_doing(sshd: Sshd, tmp_path: Path) -> None:
+    import signal
+    import threading
+
+    from picluster.remote.stage import Interrupted
+
+    known = sshd.known_hosts(tmp_path / "known_hosts")
+    nodes = [Node("busy", sshd.target(sshd.ports[0], known)), Node("quick", sshd.target(sshd.ports[1], known))]
+    threads_before = threading.active_count()
+    sent: list[float] = []
+
+    def ctrl_c() -> None:
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    timer = threading.Timer(2.0, ctrl_c)
+    timer.start()
+    with pytest.raises(Interrupted) as err:
+        run_stage("work", nodes, lambda n: [Sleep()] if n.name == "busy" else [], check=False)
+    assert time.monotonic() - sent[0] < 2
+    message = str(err.value)
+    assert "busy stopped in step 'long work' (it may be half-done" in message
+    assert "quick had finished" in message and message.endswith("Run the same command again: it picks up from "
+                                                                 "there.")
+    end = time.monotonic() + 2
+    while threading.active_count() > threads_before and time.monotonic() < end:
+        time.sleep(0.05)
+    assert threading.active_count() <= threads_before, threading.enumerate()
