@@ -23,7 +23,7 @@ _K3S = re.compile(r"^v\d+\.\d+\.\d+\+k3s\d+$")
 _FLOATING = {"latest", "stable", "main", "master", "head", "*"}
 _TOP_KEYS = {"k3s", "repos", "charts", "binaries", "dashboards", "release"}
 _REPO_KEYS = {"url", "note"}
-_CHART_KEYS = {"repo", "version", "bundled", "parent", "name"}
+_CHART_KEYS = {"repo", "version", "bundled", "parent", "name", "upstream"}
 _ROW_KEYS = {"type", "software", "version", "chart", "binary", "notes"}
 _BINARY_KEYS = {"version", "url", "sha256", "sha256_url"}
 _DASHBOARD_KEYS = {"gnet_id", "revision"}
@@ -45,6 +45,7 @@ class Chart:
     url: str | None = None
     bundled: str | None = None
     parent: str | None = None
+    upstream: str | None = None     # the upstream chart version a repackage (K3S's) is built from
 
     @property
     def ref(self) -> str:
@@ -58,8 +59,13 @@ class Chart:
 
     @property
     def label(self) -> str:
-        """`name-version`, as the release table and ../shared/charts/ name it."""
+        """`name-version`, as the release table and helm name it."""
         return f"{self.name}-{self.version}"
+
+    @property
+    def upstream_label(self) -> str:
+        """`name-<upstream version>`: the upstream chart whose defaults apply (../shared/charts/ names it so)."""
+        return f"{self.name}-{self.upstream or self.version}"
 
 
 @dataclass(frozen=True)
@@ -226,8 +232,13 @@ def _chart(r: _Reader, key: str, spec: dict[str, Any], name: str, repos: dict[st
     bundled = spec.get("bundled")
     if bundled is not None and bundled != "k3s":
         raise r.fail(f"{key}.bundled", f"{bundled!r}: the only bundler known is k3s")
+    upstream = spec.get("upstream")
+    if upstream is not None:
+        upstream = r.version(upstream, f"{key}.upstream")
+        if bundled is None:
+            raise r.fail(f"{key}.upstream", "only a repackaged (bundled) chart has an upstream version")
     return Chart(repo=repo, name=r.text(spec.get("name", name), f"{key}.name"), version=version,
-                 url=repos.get(repo) if repo else None, bundled=bundled, parent=parent)
+                 url=repos.get(repo) if repo else None, bundled=bundled, parent=parent, upstream=upstream)
 
 
 def _binary(r: _Reader, name: str, key: str, spec: Any) -> Binary:

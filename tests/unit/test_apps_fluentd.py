@@ -11,8 +11,7 @@ import re
 from typing import Any
 
 import pytest
-from fluentd_assembly import (CHART_DEFAULTS, FluentdConfigError, assemble, check, effective_values, plugins,
-                              pod_files)
+from fluentd_assembly import CHART_DEFAULTS, FluentdConfigError, assemble, check, effective_values, plugins, pod_files
 
 from picluster.inventory import load_inventory
 from picluster.stages.apps.render import Renderer

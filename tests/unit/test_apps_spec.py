@@ -30,7 +30,7 @@ def test_the_reference_order_is_kept_and_respects_every_dependency() -> None:
 def test_versions_come_from_versions_yml_only() -> None:
     releases = load_releases()
     assert {r.name: r.chart.version for r in releases.releases} == {
-        "metallb": "0.13.4", "certmanager": "v1.9.1", "linkerd2": "2.11.4", "traefik": "10.14.100",
+        "metallb": "0.13.4", "certmanager": "v1.9.1", "linkerd2": "2.11.4", "traefik": "10.19.300",
         "velero": "2.30.1", "longhorn": "1.3.0", "elastic-operator": "2.3.0", "fluentd": "0.3.9",
         "fluent-bit": "0.20.4", "prometheus-elasticsearch-exporter": "4.13.0", "kube-prometheus-stack": "39.1.0",
         "linkerd-viz": "2.11.4"}

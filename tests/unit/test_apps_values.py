@@ -89,7 +89,7 @@ def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 def chart_defaults(name: str) -> dict[str, Any] | None:
     versions = load_releases().versions
     chart = versions.chart(name)
-    path = CHARTS / chart.label / "values.yaml"
+    path = CHARTS / chart.upstream_label / "values.yaml"     # a K3S repackage: its upstream chart's defaults
     if not path.is_file():
         return None
     data = yaml.safe_load(path.read_text()) or {}
@@ -125,10 +125,22 @@ def test_every_key_we_set_exists_in_the_charts_defaults(release: Release, server
 
 def test_the_charts_we_could_check() -> None:
     """Says which charts were checked: all the pinned ones we set values for have their defaults here."""
-    checked = sorted(r.chart.label for r in WITH_VALUES if chart_defaults(r.chart.name) is not None)
+    checked = sorted(r.chart.upstream_label for r in WITH_VALUES if chart_defaults(r.chart.name) is not None)
     if not CHARTS.is_dir():
         pytest.skip(f"{CHARTS} is missing: no chart could be checked")
-    assert checked == sorted(r.chart.label for r in WITH_VALUES)
+    assert checked == sorted(r.chart.upstream_label for r in WITH_VALUES)
+    assert "traefik-10.19.3" in checked          # what K3S v1.24.3+k3s1 bundles (traefik-10.19.300), not 10.14.x
+
+
+def test_k3s_traefik_is_checked_against_upstream_10_19_3() -> None:
+    """K3S's traefik-10.19.300 is upstream 10.19.3 repackaged; a key only 10.19.3 has passes, a typo does not."""
+    traefik = load_releases().versions.chart("traefik")
+    assert (traefik.label, traefik.upstream_label, traefik.bundled) == ("traefik-10.19.300", "traefik-10.19.3", "k3s")
+    defaults = chart_defaults("traefik")
+    assert defaults is not None
+    free = {**FREE_FORM["*"], **FREE_FORM["traefik"]}
+    assert list(unknown_keys({"readinessProbe": {"failureThreshold": 1}}, defaults, free)) == []   # new in 10.15+
+    assert list(unknown_keys({"deployment": {"podAnnotation": {}}}, defaults, free)) == ["deployment.podAnnotation"]
 
 
 def test_a_typo_is_caught_and_a_free_form_map_is_not() -> None:
