@@ -7,7 +7,22 @@ from invoke import Collection
 
 def namespace() -> Collection:
     """Build the root collection. Task modules import heavy libraries inside task bodies only."""
-    from picluster.tasks import apps, check, cluster, gateway, hosts, image, inventory, k3s, lab, os_stage, versions
+    from picluster.tasks import (
+        apps,
+        backup,
+        check,
+        cluster,
+        doctor,
+        gateway,
+        hosts,
+        image,
+        inventory,
+        k3s,
+        lab,
+        os_stage,
+        restore,
+        versions,
+    )
 
     ns = Collection()
     ns.add_collection(Collection.from_module(inventory, name="inventory"))
@@ -20,7 +35,10 @@ def namespace() -> Collection:
     ns.add_collection(Collection.from_module(apps, name="apps"))
     ns.add_collection(Collection.from_module(versions, name="versions"))
     ns.add_collection(Collection.from_module(lab, name="lab"))
+    ns.add_collection(Collection.from_module(backup, name="backup"))
+    ns.add_collection(Collection.from_module(restore, name="restore"))
     ns.add_task(check.check)
+    ns.add_task(doctor.doctor)
     _pipe_safe(ns)
     ns.configure({"run": {"echo": False}})
     return ns

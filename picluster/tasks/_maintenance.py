@@ -80,3 +80,35 @@ def positive(name: str, value: float | str) -> float:
     if seconds <= 0:
         raise Exit(f"error: --{name} must be more than 0 seconds", code=USAGE_ERROR)
     return seconds
+
+
+def one_host(inventory: str | None, name: str) -> tuple[Inventory, Host]:
+    """The inventory and its host `name` (exit 2 when it has none); a lab inventory's lab must be up."""
+    inv = load(inventory)
+    host = inv.hosts.get(name)
+    if host is None:
+        raise Exit(f"error: {inv.path} has no host {name!r}; hosts are {', '.join(inv.hosts)}", code=USAGE_ERROR)
+    require_reachable(inv)
+    return inv, host
+
+
+def velero_task(inventory: str | None, kubeconfig: str | None, kind: str, body: dict[str, Any],
+                timeout: float | str) -> None:
+    """Create a Velero object, wait for its phase, print Velero's summary; exit 1 with its words on failure."""
+    from picluster.kube import KubeError
+    from picluster.ops.backups import VeleroFailed, velero_run
+    from picluster.ops.status import open_kube
+
+    seconds = positive("timeout", timeout)
+    inv = load(inventory)
+    require_reachable(inv)
+    kube, why = open_kube(inv, kubeconfig)
+    if kube is None:
+        raise Exit(f"{kind.lower()} not made: {why}", code=1)
+    name = body["metadata"]["name"]
+    try:
+        line = velero_run(kube, kind, body, timeout=seconds,
+                          on_phase=lambda phase: print(f"  {kind} {name}: {phase}", flush=True))
+    except (KubeError, VeleroFailed) as err:
+        raise Exit(f"{kind.lower()} failed: {err}", code=1) from None
+    print(line)
