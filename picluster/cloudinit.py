@@ -49,17 +49,19 @@ def _dump(data: Any) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000)
 
 
-def partition_commands(host: Host) -> tuple[list[str], list[str]]:
+def partition_commands(host: Host) -> tuple[list[list[str]], list[list[str]]]:
     """The bootcmd and runcmd that carve the host's data partition (empty lists when it has none).
 
     As on the reference platform: convert the boot disk to GPT, move the backup header to the end and
     create an LVM partition from `start` to the end of the disk, before cloud-init's growpart runs.
+    Each command is an argv list, which cloud-init runs without a shell: no value becomes code.
     """
     if host.data_partition is None:
         return [], []
     disk = host.boot_disk
-    bootcmd = f"cloud-init-per once addpartition sgdisk {disk} -g -e -n=0:{host.data_partition.start}:0 -t 0:8e00"
-    return [bootcmd], [f"partprobe {disk}"]
+    bootcmd = ["cloud-init-per", "once", "addpartition", "sgdisk", disk, "-g", "-e",
+               f"-n=0:{host.data_partition.start}:0", "-t", "0:8e00"]
+    return [bootcmd], [["partprobe", disk]]
 
 
 def user_data(inv: Inventory, host: Host, *, host_key: HostKey | None = None,

@@ -79,8 +79,10 @@ def test_data_partition_bootcmd_is_the_reference_one_and_can_be_left_out(real: I
     node = real.hosts["node1"]
     assert node.data_partition is not None
     ud = _user_data(cloudinit.user_data(real, node))
-    assert ud["bootcmd"] == ["cloud-init-per once addpartition sgdisk /dev/sda -g -e -n=0:30G:0 -t 0:8e00"]
-    assert ud["runcmd"] == ["partprobe /dev/sda"]
+    # argv lists, which cloud-init runs without a shell
+    assert ud["bootcmd"] == [["cloud-init-per", "once", "addpartition", "sgdisk", "/dev/sda", "-g", "-e",
+                              "-n=0:30G:0", "-t", "0:8e00"]]
+    assert ud["runcmd"] == [["partprobe", "/dev/sda"]]
     lab_like = _user_data(cloudinit.user_data(real, node, partition_disk=False))
     assert "bootcmd" not in lab_like and "runcmd" not in lab_like
     gateway = _user_data(cloudinit.user_data(real, real.hosts["gateway"]))

@@ -109,7 +109,8 @@ def test_flash_to_file_over_http_then_read_everything_back(tmp_path: Path, built
     assert ud["hostname"] == "node1" and ud["timezone"] == "Europe/Madrid" and ud["locale"] == "es_ES.UTF-8"
     assert [u["name"] for u in ud["users"]] == ["picluster", "oss"]          # no default ubuntu user
     assert all(u["sudo"] == "ALL=(ALL) NOPASSWD:ALL" and u["ssh_authorized_keys"] for u in ud["users"])
-    assert ud["bootcmd"] == ["cloud-init-per once addpartition sgdisk /dev/sda -g -e -n=0:30G:0 -t 0:8e00"]
+    assert ud["bootcmd"] == [["cloud-init-per", "once", "addpartition", "sgdisk", "/dev/sda", "-g", "-e",
+                              "-n=0:30G:0", "-t", "0:8e00"]]                # argv: no shell
     public = ud["ssh_keys"]["ed25519_public"]
     assert ud["ssh_keys"]["ed25519_private"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
     nc = yaml.safe_load(boot.read("network-config") or b"")
