@@ -56,7 +56,7 @@ LOGIND_DIR = "/etc/systemd/logind.conf.d"
 # unattended-upgrades' own (InhibitDelayMaxSec=30) and after the kubelet's 99-kubelet.conf.
 UNATTENDED_UPGRADES_DROPIN = "unattended-upgrades-logind-maxdelay.conf"
 LOGIND_DROPIN = f"{LOGIND_DIR}/zz-picluster-inhibit-delay.conf"
-DATA_VG, DATA_LV, DATA_MOUNT = "vg_local", "lv_storage", "/storage"
+DATA_VG, DATA_LV, DATA_MOUNT = "vg_local", "vg_local_lv_storage", "/storage"   # as the reference's local_storage.yml
 CONFIG_TXT = "/boot/firmware/config.txt"
 GPU_MEM = "gpu_mem=16"      # the reference's: a headless Pi gives the GPU the least memory
 ISCSI_INITIATOR = "/etc/iscsi/initiatorname.iscsi"

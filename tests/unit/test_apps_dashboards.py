@@ -20,12 +20,12 @@ from picluster.versions import REPO_ROOT, GrafanaDashboard, load_versions
 
 PINNED = load_versions().dashboards
 LOCAL = sorted(p.stem for p in (REPO_ROOT / "k8s" / DASHBOARDS).glob("*.json"))
-# reference §4.8: the dashboards of roles/prometheus and the 17 of Linkerd (multicluster is not installed)
+# reference §4.8: the dashboards of roles/prometheus and Linkerd's (grafana.com 15474-15493), multicluster too
 REFERENCE = ["elasticsearch", "fluent-bit", "k3s-controller-manager", "k3s-proxy", "k3s-scheduler", "longhorn",
              "minio", "traefik", "velero"]
 LINKERD = ["top-line", "health", "kubernetes", "namespace", "deployment", "pod", "service", "route", "authority",
            "cronjob", "job", "daemonset", "replicaset", "statefulset", "replicationcontroller", "prometheus",
-           "prometheus-benchmark"]
+           "prometheus-benchmark", "multicluster"]
 
 
 def test_every_dashboard_of_the_reference_is_provided_once() -> None:
