@@ -357,3 +357,39 @@ def update(c: Context, inventory: str | None = None, limit: str | None = None, d
                          drain_timeout=drain_timeout, ready_timeout=ready_timeout)
     run_stage_task(inv, stage, hosts, options, verbose=verbose, report=report, no_checks=no_checks,
                    extra=lambda: {"timeline": [e.to_dict() for e in timeline.events]})
+
+
+@task(
+    help={
+        "inventory": INVENTORY_HELP,
+        "limit": "reset only these K3S nodes, comma-separated",
+        "wipe-storage": "also delete everything under /storage on the agents (Longhorn's data)",
+        "yes": "do not ask before resetting",
+        "dry-run": "read each node and print what would be removed; change nothing (asks nothing)",
+        "verbose": "show each step's reason or diff",
+        "report": "also write the result as JSON to this file",
+        "no-checks": "do not run the os checks afterwards",
+    },
+)
+def reset(c: Context, inventory: str | None = None, limit: str | None = None, wipe_storage: bool = False,
+          yes: bool = False, dry_run: bool = False, verbose: bool = False, report: str | None = None,
+          no_checks: bool = False) -> None:
+    """Uninstall K3S from every node and clean its logs and state (/storage only with --wipe-storage); asks first."""
+    import sys
+
+    from picluster.ops.reset import reset_stage, what_it_does
+    from picluster.tasks._maintenance import run_stage_task, selected
+
+    stage = reset_stage(wipe_storage=wipe_storage)
+    options = run_options(limit=limit, dry_run=dry_run, parallel=10)
+    inv, hosts = selected(inventory, options, stage.roles)
+    if not dry_run and not yes:
+        print("cluster.reset will, on each of these hosts:")
+        print("\n".join(f"  {line}" for line in what_it_does(hosts, wipe_storage=wipe_storage)))
+        print("Type 'yes' to go on: ", end="", flush=True)
+        answer = sys.stdin.readline().strip() if sys.stdin else ""
+        if answer != "yes":
+            raise Exit("cluster.reset: not confirmed; nothing was changed", code=1)
+    run_stage_task(inv, stage, hosts, options, verbose=verbose, report=report, no_checks=no_checks)
+    if not dry_run:
+        print("K3S is gone from these nodes; `cluster.up` builds the cluster again")
