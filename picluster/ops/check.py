@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 INFRA_TESTS = REPO / "tests" / "infra"
 GATE_TIMEOUT_S = 900
 _COUNT = re.compile(r"(\d+) (passed|failed|skipped|error|errors|deselected)")
+_UNSAFE_PATH = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 
 
 class GateError(Exception):
@@ -59,19 +60,32 @@ def gate_file(gate: str, suites: Path = INFRA_TESTS) -> Path:
 
 
 def ssh_config(hosts: Sequence[Host], control_dir: Path) -> str:
-    """An ssh_config with one alias per host: strict host keys, batch mode, bounded connect time."""
+    """An ssh_config with one alias per host: strict host keys, batch mode, bounded connect time.
+
+    Paths are quoted as ssh_config reads them (a quote or backslash escaped, `%` doubled), so a path is
+    one argument naming that very file; one with a control character or `${` (the inventory refuses both)
+    is refused here too, never written.
+    """
     blocks = []
     for h in hosts:
         t = h.ssh
         lines = [f"Host {h.name}", f"  HostName {t.address}", f"  User {t.user}", f"  Port {t.port}",
                  "  BatchMode yes", "  StrictHostKeyChecking yes", "  ConnectTimeout 10",
-                 f"  ControlPath {control_dir}/%C"]
+                 f"  ControlPath {_ssh_path(control_dir, '/%C')}"]
         if t.key_file is not None:
-            lines += [f'  IdentityFile "{t.key_file}"', "  IdentitiesOnly yes"]
+            lines += [f"  IdentityFile {_ssh_path(t.key_file)}", "  IdentitiesOnly yes"]
         if t.known_hosts is not None:
-            lines.append(f'  UserKnownHostsFile "{t.known_hosts}"')
+            lines.append(f"  UserKnownHostsFile {_ssh_path(t.known_hosts)}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
+
+
+def _ssh_path(path: Path, tail: str = "") -> str:
+    """`path` (then `tail`, as is) as one quoted ssh_config argument: its `%` and quoting characters escaped."""
+    text = str(path)
+    if _UNSAFE_PATH.search(text) or "${" in text:
+        raise GateError(f"{text!r}: a path with a control character or '${{' cannot go into ssh_config; rename it")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + tail + '"'
 
 
 def _summary(output: str) -> dict[str, int]:
