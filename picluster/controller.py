@@ -117,3 +117,14 @@ def components(helm_pinned: str | None, *, helm: str | None = None) -> list[Comp
     found.append(Component("Helm", helm if helm is not None else helm_version(), helm_pinned or "-",
                            "k8s/versions.yml (release table)"))
     return found
+
+
+def helm_pin() -> str | None:
+    """The Helm version of the release table (k8s/versions.yml), or None when it cannot be read."""
+    from picluster.versions import VersionsError, load_versions
+
+    try:
+        release = load_versions().release
+    except VersionsError:
+        return None
+    return next((r.version for r in release if r.software == "Helm"), None)
