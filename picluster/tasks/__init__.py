@@ -19,6 +19,7 @@ def namespace() -> Collection:
         inventory,
         k3s,
         lab,
+        node,
         os_stage,
         restore,
         versions,
@@ -35,6 +36,7 @@ def namespace() -> Collection:
     ns.add_collection(Collection.from_module(apps, name="apps"))
     ns.add_collection(Collection.from_module(versions, name="versions"))
     ns.add_collection(Collection.from_module(lab, name="lab"))
+    ns.add_collection(Collection.from_module(node, name="node"))
     ns.add_collection(Collection.from_module(backup, name="backup"))
     ns.add_collection(Collection.from_module(restore, name="restore"))
     ns.add_task(check.check)
