@@ -77,6 +77,9 @@ class _Reader(Checker):
 def load_inventory(path: str | os.PathLike[str]) -> model.Inventory:
     """Read, validate and type an inventory file; raise InventoryError with one line on any problem."""
     path = Path(path)
+    if g.CONTROL.search(str(path)):
+        raise InventoryError(f"{g.shown(str(path))}: an inventory path with a control character would reach the "
+                             "files made from it; rename the file")
     data = read_yaml(path, "inventory", InventoryError, f"pass --inventory PATH or set {INVENTORY_ENV}")
     r = _Reader(path)
     top = r.mapping(data, "", required={"cluster", "hosts"}, optional={"vars", "groups", "lab", "devices"})

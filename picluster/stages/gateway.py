@@ -61,7 +61,7 @@ def nftables_conf(inv: Inventory, host: Host) -> str:
 
 
 def dnsmasq_conf(inv: Inventory, host: Host) -> str:
-    """Return dnsmasq.conf: DHCP range, a reservation and a record per host, a record per service."""
+    """Return dnsmasq.conf: DHCP range, a reservation and a record per host and device, a record per service."""
     c = inv.cluster
     return render(
         "dnsmasq.conf.j2", inventory_path=inv.path.name, lan_if=host.settings.lan_interface,
@@ -70,6 +70,7 @@ def dnsmasq_conf(inv: Inventory, host: Host) -> str:
         dhcp_last=str(c.lan.dhcp_range[1]), lease=c.lan.dhcp_lease,
         dns=str(c.services.get("dns", host.ip)), ntp=str(c.services.get("ntp", host.ip)),
         hosts=[{"name": h.name, "mac": h.mac, "ip": str(h.ip)} for h in inv.hosts.values()],
+        devices=[{"name": d.name, "mac": d.mac, "ip": str(d.ip)} for d in inv.devices.values()],
         services=[(name, str(ip)) for name, ip in c.services.items()],
     )
 

@@ -116,7 +116,7 @@ def test_dnsmasq_has_a_reservation_and_a_record_per_host_and_a_record_per_servic
     for name, ip in inv.cluster.services.items():
         assert f"host-record={name}.{domain},{ip}" in lines
     records = [line for line in lines if line.startswith("host-record=")]
-    assert len(records) == len(inv.hosts) + len(inv.cluster.services) == 17
+    assert len(records) == len(inv.hosts) + len(inv.devices) + len(inv.cluster.services) == 19
     assert lines[2:15] == [
         "interface=eth0", "listen-address=10.0.0.1", "bind-interfaces", "domain-needed", "bogus-priv",
         "# answer from the records below, never from the gateway's own /etc/hosts (127.0.1.1)", "no-hosts",
@@ -124,6 +124,17 @@ def test_dnsmasq_has_a_reservation_and_a_record_per_host_and_a_record_per_servic
         "# never /etc/resolv.conf: on the gateway it points back at this server",
         "no-resolv", "server=80.58.61.250", "server=80.58.61.254"]
     assert "dhcp-range=10.0.0.32,10.0.0.99,12h" in lines
+
+
+def test_dnsmasq_reserves_and_records_the_devices_that_are_not_nodes(inv: Inventory) -> None:
+    lines = gateway.dnsmasq_conf(inv, inv.hosts["gateway"]).splitlines()
+    domain = inv.cluster.domain
+    # as the reference: the switch gets its DHCP reservation; pimaster (no MAC given) a DNS record only
+    assert "dhcp-host=94:a6:7e:7c:c7:69,switch,10.0.0.2" in lines
+    assert f"host-record=switch.{domain},switch,10.0.0.2" in lines
+    assert f"host-record=pimaster.{domain},pimaster,10.0.0.10" in lines
+    assert not [line for line in lines if line.startswith("dhcp-host=") and "pimaster" in line]
+    assert len([line for line in lines if line.startswith("dhcp-host=")]) == len(inv.hosts) + 1
 
 
 def test_dnsmasq_records_a_service_added_to_the_registry(tmp_path: Path) -> None:
