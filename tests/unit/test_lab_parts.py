@@ -187,3 +187,84 @@ def test_a_flashed_image_gives_the_node_its_boot_files(tmp_path: Path, lab_inv: 
     assert (paths.upper / "boot/firmware/cmdline.txt").read_text() == "console=tty1 flashed=yes\n"
     with pytest.raises(LabError, match="cannot take the boot files"):
         node.flashed_boot_files(tmp_path / "missing.img")
+
+
+def _lab_copy(tmp_path: Path) -> Path:
+    """hosts/lab.yml copied into tmp_path/hosts with its relative paths, and its key file made, as lab.up would."""
+    (tmp_path / "hosts").mkdir()
+    path = tmp_path / "hosts" / "lab.yml"
+    path.write_text((REPO / "hosts" / "lab.yml").read_text())
+    (tmp_path / ".lab" / "ssh").mkdir(parents=True)
+    (tmp_path / ".lab" / "ssh" / "id_ed25519.pub").write_text(KEY + "\n")
+    return path
+
+
+def test_a_grown_lab_has_more_agents_each_with_its_own_free_address_and_mac(tmp_path: Path) -> None:
+    from picluster.lab.grow import grown_inventory
+
+    base_path = _lab_copy(tmp_path)
+    before = base_path.read_text()
+    grown = grown_inventory(base_path, 20)
+    assert grown == tmp_path / ".lab" / "inventories" / "lab-agents20.yml"
+    assert base_path.read_text() == before, "the base inventory is never written"
+    base_inv, inv = load_inventory(base_path), load_inventory(grown)
+    assert len(inv.hosts) == 25
+    new = [h for name, h in inv.hosts.items() if name not in base_inv.hosts]
+    assert [h.name for h in new] == [f"node{i}" for i in range(5, 25)]
+    assert {h.role for h in new} == {"agent"}
+    c = inv.cluster
+    ips = [h.ip for h in inv.hosts.values()]
+    macs = [h.mac.lower() for h in inv.hosts.values()]
+    assert len(set(ips)) == len(ips) and len(set(macs)) == len(macs)
+    for h in new:
+        assert h.ip in c.lan.cidr and h.ip not in (c.lan.gateway, c.controller)
+        assert not c.lan.dhcp_range[0] <= h.ip <= c.lan.dhcp_range[1]
+        assert not c.metallb_pool[0] <= h.ip <= c.metallb_pool[1]
+        assert h.ip not in set(c.services.values())
+    # the same lab: its state folder, bridge and keys, from the new inventory's folder
+    assert inv.lab is not None and base_inv.lab is not None
+    assert inv.lab.state_dir == base_inv.lab.state_dir and inv.lab.bridge == base_inv.lab.bridge
+    assert inv.hosts["node24"].ssh.key_file == base_inv.hosts["node1"].ssh.key_file
+    assert inv.hosts["node24"].ssh.known_hosts == base_inv.hosts["node1"].ssh.known_hosts
+    assert inv.hosts["node24"].data_partition == base_inv.hosts["node4"].data_partition
+    assert all(network.veth_name(inv.lab.bridge, i) for i in range(len(inv.hosts)))
+    assert grown_inventory(base_path, 20).read_text() == grown.read_text(), "made again the same"
+
+
+def test_a_lab_grows_only_as_far_as_its_subnet_has_free_addresses(tmp_path: Path) -> None:
+    from picluster.lab.grow import grow
+
+    data = yaml.safe_load((REPO / "hosts" / "lab.yml").read_text())
+    assert grow(data, 0)["hosts"] == data["hosts"]
+    data["cluster"]["lan"]["cidr"] = "10.250.0.0/26"        # .1-.62: .15-.31 are free (DHCP from .32)
+    data["cluster"]["lan"]["dhcp_range"] = ["10.250.0.32", "10.250.0.62"]
+    data["cluster"]["metallb_pool"] = ["10.250.0.2", "10.250.0.9"]
+    data["cluster"]["services"] = {"ntp": "10.250.0.1"}
+    assert len(grow(data, 17)["hosts"]) == 5 + 17
+    with pytest.raises(LabError, match="no free address for node22: 17 agents fit"):
+        grow(data, 18)
+    with pytest.raises(LabError, match="between 0 and"):
+        grow(data, -1)
+
+
+# The lab tasks alone, as `invoke` would run them (the rest of the namespace is not needed here).
+LAB_TASKS = ("import sys; from invoke import Collection, Program; from picluster.tasks.lab import ns; "
+             "Program(namespace=Collection(ns)).run(['invoke', *sys.argv[1:]])")
+
+
+def test_lab_tasks_take_agents_and_write_the_grown_inventory(tmp_path: Path) -> None:
+    from picluster.tasks import lab as lab_tasks
+
+    base_path = _lab_copy(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", LAB_TASKS,
+         "lab.inventory", "--inventory", str(base_path), "--agents", "3"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(tmp_path / ".lab" / "inventories" / "lab-agents3.yml")
+    assert list(load_inventory(out.stdout.strip()).hosts)[-3:] == ["node5", "node6", "node7"]
+    bad = subprocess.run(
+        [sys.executable, "-c", LAB_TASKS,
+         "lab.inventory", "--inventory", str(base_path), "--agents", "500"], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "between 0 and 200" in bad.stderr
+    for name in ("up", "down", "status", "inventory"):
+        assert "agents" in [a.name for a in lab_tasks.ns[name].get_arguments()], name
