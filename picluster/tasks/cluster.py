@@ -155,9 +155,9 @@ def shutdown(
     report: str | None = None,
 ) -> None:
     """Power the cluster off gracefully: preflight, drain the agents, then agents → servers → gateway, waited for."""
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from picluster.console import is_live, make_console
     from picluster.ops.shutdown import event_line, print_shutdown
     from picluster.ops.shutdown import shutdown as run_shutdown
     from picluster.report import write_report
@@ -165,20 +165,24 @@ def shutdown(
     drain_timeout = _positive("drain-timeout", drain_timeout) or drain_timeout
     timeout = _positive("timeout", timeout)
     inv, hosts = _hosts(inventory, limit)
-    console = Console()
+    console = make_console()
     has_agents = any(h.role == "agent" for h in hosts)
     kube, note = _kube(inv, kubeconfig, wanted=not no_drain and has_agents)
     observer = _power_observer(inv)
     console.print(f"[dim]down means: {observer.how}[/dim]", highlight=False)
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=console)
+                        TimeElapsedColumn(), console=console, disable=not is_live(console))
     bars: dict[str, Any] = {}
+    said: dict[str, int] = {}
 
     def on_wait(group: str, done: int, total: int, pending: list[str]) -> None:
         if group not in bars:
             bars[group] = progress.add_task(group, total=total)
         wait_for = f" (waiting for {', '.join(pending)})" if pending else ""
         progress.update(bars[group], completed=done, description=f"{group}: down{wait_for}")
+        if not is_live(console) and said.get(group) != done:  # no bar to redraw: one line per change
+            said[group] = done
+            console.print(f"{group}: {done}/{total} down{wait_for}", highlight=False, markup=False)
 
     with progress:
         run = run_shutdown(inv, hosts, kube=kube, kube_note=note, drain=not no_drain, force=force,
@@ -216,8 +220,7 @@ def startup(
     report: str | None = None,
 ) -> None:
     """After power-on: wait for gateway → servers → agents, uncordon what shutdown cordoned, wait for workloads."""
-    from rich.console import Console
-
+    from picluster.console import is_live, make_console
     from picluster.ops.shutdown import event_line
     from picluster.ops.startup import startup as run_startup
     from picluster.report import write_report
@@ -226,11 +229,13 @@ def startup(
                         ("workloads-timeout", workloads_timeout)):
         _positive(name, value)
     inv, hosts = _hosts(inventory, limit)
-    console = Console()
+    console = make_console()
     status = console.status("")
 
     def on_group(group: str, names: list[str]) -> None:
         status.update(f"waiting for the {group}: {', '.join(names)}")
+        if not is_live(console):  # no spinner to redraw: one line per group
+            console.print(f"waiting for the {group}: {', '.join(names)}", highlight=False, markup=False)
 
     with status:
         run = run_startup(hosts, timeout=timeout, ready_timeout=ready_timeout, workloads_timeout=workloads_timeout,
@@ -268,8 +273,7 @@ def reboot(
     report: str | None = None,
 ) -> None:
     """Rolling reboot, one node at a time, servers then agents: cordon, drain, reboot, wait Ready, uncordon."""
-    from rich.console import Console
-
+    from picluster.console import make_console
     from picluster.ops.reboot import rolling_reboot
     from picluster.ops.shutdown import event_line
     from picluster.report import write_report
@@ -277,7 +281,7 @@ def reboot(
     for name, value in (("drain-timeout", drain_timeout), ("ready-timeout", ready_timeout), ("timeout", timeout)):
         _positive(name, value)
     inv, hosts = _hosts(inventory, limit, k3s=True)
-    console = Console()
+    console = make_console()
     kube, note = _kube(inv, kubeconfig)
     with console.status("rolling reboot"):
         run = rolling_reboot(hosts, kube=kube, kube_note=note, drain_timeout=drain_timeout,
