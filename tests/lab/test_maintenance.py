@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -35,17 +36,23 @@ REPO_PORT = 8765
 SOURCES_AWAY = "/var/tmp/picluster-test-sources"
 #: The hosts whose 2.0 package asks for a reboot.
 REBOOTERS = ("gateway", "node3")
+#: The host the backup round trip runs on (Debian's restic stands in for the pinned build there).
+BACKED_UP = "node2"
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("config")
+def home() -> Path:
+    """The secrets store the apps stage and the S3 double share: the default one, as in test_stage_apps."""
+    from picluster import secrets
+
+    return secrets.secrets_dir()
 
 
-def invoke(home: Path, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, XDG_CONFIG_HOME=str(home))
+def invoke(home: Path, *args: str, timeout: float = 1200, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
     env.pop("PICLUSTER_KUBECONFIG", None)
-    return subprocess.run([INVOKE, "-r", str(REPO), *args], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run([INVOKE, "-r", str(REPO), *args], capture_output=True, text=True, timeout=timeout, env=env,
+                          input=stdin)
 
 
 def task(home: Path, name: str, report: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
@@ -75,9 +82,12 @@ def lab(home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     the_lab.up()
     try:
         started = time.monotonic()
-        proc = invoke(home, "cluster.up", "--only", "os,k3s", "--inventory", str(lab_inventory()))
+        proc = invoke(home, "cluster.up", "--only", "os,k3s,apps", "--inventory", str(lab_inventory()))
         assert proc.returncode == 0, said(proc)
-        print(f"\nos and k3s stages in {time.monotonic() - started:.1f}s")
+        print(f"\nos, k3s and apps stages in {time.monotonic() - started:.1f}s")
+        code, text = ssh_run(the_lab.host(BACKED_UP), "sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+                                                      "restic >/dev/null", timeout=300)
+        assert code == 0, text
         yield the_lab
     finally:
         if not os.environ.get("PICLUSTER_LAB_KEEP"):
@@ -218,3 +228,123 @@ def test_k3s_stop_and_start_are_explicit_skips_without_k3s(lab: Any, home: Path,
         if name == "k3s.start":
             wait = [s for host, s in found if host == "controller"]
             assert [(s["name"], s["status"]) for s in wait] == [("nodes Ready", "skipped")], wait
+
+
+def test_a_restic_backup_now_and_a_restore_bring_a_deleted_file_back_byte_for_byte(lab: Any, home: Path,
+                                                                                  tmp_path: Path) -> None:
+    from s3_double import serving
+
+    from picluster.lab import network
+    from picluster.stages import backup
+    from picluster.stages.apps.engine import minio_pki
+
+    s3, node = backup.minio_host(lab.inv), lab.host(BACKED_UP)
+    server = minio_pki(lab.inv, create=False)
+    assert s3 is not None and server is not None, "the apps stage made no Minio certificate"
+    (tmp_path / "s3.pem").write_text(server.cert_pem)
+    (tmp_path / "s3.key").write_text(server.key_pem)
+    (tmp_path / "s3.key").chmod(0o600)
+    name = f"s3.{lab.inv.cluster.domain}"
+    victim = "/etc/picluster-restore-test.bin"
+    with serving(network.netns_name(lab.bridge, s3.name), str(s3.ip), 9091, tmp_path / "s3.pem",
+                 tmp_path / "s3.key", tmp_path / "s3.log", buckets=(backup.BUCKETS["restic"],)):
+        try:
+            code, text = ssh_run(node, f"sudo ln -sf /usr/bin/restic {backup.RESTIC_BIN} && echo '{s3.ip} {name}' | "
+                                       f"sudo tee -a /etc/hosts >/dev/null && sudo head -c 65536 /dev/urandom | "
+                                       f"sudo tee {victim} >/dev/null && sudo sha256sum {victim}")
+            assert code == 0, text
+            digest = text.split()[0]
+            started = time.monotonic()
+            proc, data = task(home, "backup.now", tmp_path / "now.json", "--limit", BACKED_UP)
+            assert proc.returncode == 0, said(proc)
+            assert [(h, s["name"], s["status"]) for h, s in steps(data)] == [
+                (BACKED_UP, "restic backup now", "changed")]
+            assert data["stages"][0]["gate"]["ok"], data["stages"][0]["gate"]
+            assert ssh_run(node, f"sudo rm {victim}")[0] == 0
+
+            proc, data = task(home, "backup.restore", tmp_path / "restore.json", BACKED_UP, "--path", victim)
+            took = time.monotonic() - started
+            print(f"\nrestore round trip (backup.now, delete, backup.restore): {took:.1f}s")
+            assert proc.returncode == 0, said(proc)
+            assert changed(data) == [f"{BACKED_UP}/restic restore {victim}"]
+            code, text = ssh_run(node, f"sudo sha256sum {victim}")
+            assert (code, text.split()[0]) == (0, digest), text
+
+            proc, again = task(home, "backup.restore", tmp_path / "again.json", BACKED_UP, "--path", victim)
+            assert proc.returncode == 0 and changed(again) == [], said(proc)
+            proc = invoke(home, "backup.snapshots", BACKED_UP, "--json", "--inventory", str(lab_inventory()))
+            assert proc.returncode == 0, said(proc)
+            assert [s["hostname"] for s in json.loads(proc.stdout)] == [BACKED_UP]
+            from picluster import secrets
+
+            for secret in ("restic_repository_password", "minio_restic_password"):
+                value = secrets.read_secret(secret)
+                assert value and value not in proc.stdout + proc.stderr + json.dumps(data)
+        finally:
+            ssh_run(node, f"sudo rm -f {backup.RESTIC_BIN} {victim}; sudo sed -i '/ {name}$/d' /etc/hosts")
+
+
+STAND_IN = "#!/bin/sh\nrm -f /usr/local/bin/k3s /usr/local/bin/k3s-killall.sh \"$0\"\ntouch /var/tmp/{0}-ran\n"
+
+
+def plant(host: Any, uninstall: str, *, storage: bool = False, iscsi: str = "") -> None:
+    """K3S's files as an install leaves them: a binary, the uninstall script (a stand-in doing its file part),
+    pod logs, fluent-bit's database and a position file; maybe data under /storage and a discovery record."""
+    script = STAND_IN.format(Path(uninstall).name)
+    encoded = base64.b64encode(script.encode()).decode()
+    cmds = [f"echo {encoded} | base64 -d > {uninstall}", f"chmod 755 {uninstall}",
+            "printf '#!/bin/sh\\n' > /usr/local/bin/k3s", "chmod 755 /usr/local/bin/k3s",
+            "mkdir -p /var/log/pods/ns_pod_1/c /var/log/containers /var/log/fluentbit",
+            "echo log > /var/log/pods/ns_pod_1/c/0.log", "echo log > /var/log/containers/pod.log",
+            "echo db > /var/log/fluentbit/flb_kube.db", "echo 1 > /var/log/flb-kube.pos"]
+    if storage:
+        cmds += ["mkdir -p /storage/longhorn", "echo data > /storage/longhorn/replica.img"]
+    if iscsi:
+        cmds.append(f"iscsiadm -m discoverydb -t sendtargets -p {iscsi}:3260 -o new >/dev/null")
+    code, text = ssh_run(host, "sudo sh -ec '" + "; ".join(c.replace("'", "'\\''") for c in cmds) + "'")
+    assert code == 0, (host.name, text)
+
+
+def left(host: Any) -> list[str]:
+    _, text = ssh_run(host, "for p in /usr/local/bin/k3s /var/log/pods /var/log/containers /var/log/fluentbit "
+                               "/var/log/flb-kube.pos /storage/longhorn; do [ -e $p ] && echo $p; done; true")
+    return text.split()
+
+
+def test_node_remove_uninstalls_k3s_and_cleans_the_host_then_nothing(lab: Any, home: Path, tmp_path: Path) -> None:
+    node = lab.host("node4")
+    plant(node, "/usr/local/bin/k3s-agent-uninstall.sh")
+    proc, data = task(home, "node.remove", tmp_path / "remove.json", "node4")
+    assert proc.returncode == 0, said(proc)
+    found = {f"{h}/{s['name']}": s for h, s in steps(data)}
+    assert found["controller/take node4 out of the cluster"]["status"] == "skipped"
+    assert found["node4/uninstall k3s"]["diff"] == "run /usr/local/bin/k3s-agent-uninstall.sh"
+    assert left(node) == [] and ssh_run(node, "test -e /var/tmp/k3s-agent-uninstall.sh-ran")[0] == 0
+    assert data["stages"][0]["gate"]["ok"]
+    assert "remove it from" in proc.stdout
+    proc, again = task(home, "node.remove", tmp_path / "again.json", "node4")
+    assert proc.returncode == 0 and changed(again) == [], said(proc)
+
+
+def test_cluster_reset_asks_then_uninstalls_and_cleans_and_a_second_run_changes_nothing(
+        lab: Any, home: Path, tmp_path: Path) -> None:
+    server, agent = lab.host("node1"), lab.host("node2")
+    has_iscsi = ssh_run(agent, "command -v iscsiadm")[0] == 0
+    stray = "10.250.0.99"
+    plant(server, "/usr/local/bin/k3s-uninstall.sh")
+    plant(agent, "/usr/local/bin/k3s-agent-uninstall.sh", storage=True, iscsi=stray if has_iscsi else "")
+
+    proc = invoke(home, "cluster.reset", "--inventory", str(lab_inventory()), "--wipe-storage", stdin="no\n")
+    assert proc.returncode == 1 and "not confirmed; nothing was changed" in proc.stderr, said(proc)
+    assert "node2 (agent): uninstall K3S" in proc.stdout and "DELETE EVERYTHING UNDER /storage" in proc.stdout
+    assert len(left(agent)) == 6, "a refused reset changed a host"
+
+    proc, data = task(home, "cluster.reset", tmp_path / "reset.json", "--yes", "--wipe-storage")
+    assert proc.returncode == 0, said(proc)
+    assert left(server) == [] and left(agent) == []
+    assert ssh_run(agent, "test -e /var/tmp/k3s-agent-uninstall.sh-ran")[0] == 0
+    if has_iscsi:
+        assert stray not in ssh_run(agent, "sudo iscsiadm -m discovery")[1]
+    assert data["stages"][0]["gate"]["ok"]
+    proc, again = task(home, "cluster.reset", tmp_path / "again.json", "--yes", "--wipe-storage")
+    assert proc.returncode == 0 and changed(again) == [], said(proc)
