@@ -8,7 +8,7 @@ the whole table.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ _CHART_KEYS = {"repo", "version", "bundled", "parent", "name", "upstream"}
 _ROW_KEYS = {"type", "software", "version", "chart", "binary", "notes"}
 _BINARY_KEYS = {"version", "url", "sha256", "sha256_url"}
 _DASHBOARD_KEYS = {"gnet_id", "revision"}
+_SCRIPT_KEYS = {"url", "sha256"}
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ARCH = re.compile(r"^[a-z0-9]+$")
 
@@ -75,8 +76,8 @@ class Binary:
     name: str
     version: str
     url_template: str
-    sha256: dict[str, str]          # dpkg architecture -> hex digest, pinned here
-    sha256_url_template: str = ""   # or the vendor's checksum file ("{url}" = the build's url)
+    sha256: dict[str, str]          # dpkg architecture -> hex digest, pinned here (never fetched from the site)
+    sha256_url_template: str = ""   # always "": a checksum from the download site is refused when loading
 
     def url(self, arch: str) -> str:
         """The download URL of the build for `arch` (a dpkg architecture such as arm64)."""
@@ -87,6 +88,19 @@ class Binary:
         if not self.sha256_url_template:
             return ""
         return self.sha256_url_template.format(url=self.url(arch), version=self.version, arch=arch)
+
+
+@dataclass(frozen=True)
+class Script:
+    """A pinned script a host downloads and runs (the K3S install script): its URL and its sha256."""
+
+    name: str
+    url_template: str    # {version}: the K3S version, URL-encoded (the script at that release's tag)
+    sha256: str          # "" until someone pins it: a host then refuses to run it
+
+    def url(self, version: str) -> str:
+        """The script's URL at `version`."""
+        return self.url_template.format(version=version.replace("+", "%2B"))
 
 
 @dataclass(frozen=True)
@@ -126,6 +140,7 @@ class Versions:
     release: tuple[Row, ...]
     binaries: dict[str, Binary]
     dashboards: dict[str, GrafanaDashboard]
+    scripts: dict[str, Script] = field(default_factory=dict)
 
     def chart(self, name: str) -> Chart:
         """The pinned chart called `name`; KeyError-free: a VersionsError names the known charts."""
@@ -184,7 +199,7 @@ def load_versions(path: str | Path = DEFAULT_VERSIONS) -> Versions:
     """Read and validate a versions file; raise VersionsError (one line) on the first problem."""
     path = Path(path)
     r = _Reader(path)
-    top = r.mapping(read_yaml(path, "versions", VersionsError), "", required=_TOP_KEYS)
+    top = r.mapping(read_yaml(path, "versions", VersionsError), "", required=_TOP_KEYS, optional={"scripts"})
     k3s = r.version(top["k3s"], "k3s")
     if not _K3S.match(k3s):
         raise r.fail("k3s", f"{k3s!r} is not a K3S release such as v1.24.3+k3s1")
@@ -195,8 +210,10 @@ def load_versions(path: str | Path = DEFAULT_VERSIONS) -> Versions:
                   for name, spec, key in r.named(top["dashboards"], "dashboards", "dashboard")}
     rows = _rows(r, top["release"], charts, binaries)
     _check_k3s_row(r, k3s, rows)
+    scripts = {name: _script(r, key, spec)
+               for name, spec, key in r.named(top.get("scripts") or {}, "scripts", "script")}
     return Versions(path=path, k3s=k3s, repos=repos, repo_notes=notes, charts=charts, release=rows,
-                    binaries=binaries, dashboards=dashboards)
+                    binaries=binaries, dashboards=dashboards, scripts=scripts)
 
 
 def _repos(r: _Reader, data: Any) -> tuple[dict[str, str], dict[str, str]]:
@@ -247,16 +264,29 @@ def _binary(r: _Reader, name: str, key: str, spec: Any) -> Binary:
     url = r.https(spec.get("url"), f"{key}.url")
     if "{arch}" not in url:
         raise r.fail(f"{key}.url", "has no {arch}: every architecture would get the same build")
+    if spec.get("sha256_url") is not None:
+        raise r.fail(f"{key}.sha256_url", "a checksum fetched from the download site proves nothing; pin sha256 "
+                                          "per architecture instead, confirmed from two independent sources")
     sums = _digests(r, spec.get("sha256", {}), f"{key}.sha256")
-    sum_url = r.optional_text(spec.get("sha256_url"), f"{key}.sha256_url")
-    if bool(sums) == bool(sum_url):
-        raise r.fail(key, "give exactly one of sha256 (digests per architecture) or sha256_url (the vendor's file)")
-    binary = Binary(name=name, version=version, url_template=url, sha256=sums, sha256_url_template=sum_url)
+    binary = Binary(name=name, version=version, url_template=url, sha256=sums)
     try:
         binary.url("arm64"), binary.sha256_url("arm64")
     except (KeyError, IndexError, ValueError) as err:
         raise r.fail(key, f"a url has a placeholder other than {{version}}, {{arch}} and {{url}}: {err}") from None
     return binary
+
+
+def _script(r: _Reader, key: str, spec: Any) -> Script:
+    spec = r.mapping(spec, key, required={"url"}, optional=_SCRIPT_KEYS)
+    url = r.https(spec["url"], f"{key}.url")
+    digest = r.optional_text(spec.get("sha256"), f"{key}.sha256")
+    if digest and not _SHA256.match(digest):
+        raise r.fail(f"{key}.sha256", "expected 64 lowercase hex digits")
+    try:
+        url.format(version="v1")
+    except (KeyError, IndexError, ValueError) as err:
+        raise r.fail(f"{key}.url", f"a placeholder other than {{version}}: {err}") from None
+    return Script(name=key.rsplit(".", 1)[-1], url_template=url, sha256=digest)
 
 
 def _digests(r: _Reader, data: Any, key: str) -> dict[str, str]:
@@ -333,6 +363,16 @@ def chart(name: str) -> Chart:
 def binary(name: str) -> Binary:
     """The pinned host binary `name` (e.g. "restic") from k8s/versions.yml."""
     return _default().binary(name)
+
+
+def script(name: str) -> Script:
+    """The pinned script `name` (e.g. "k3s-install") from k8s/versions.yml; its sha256 is "" until pinned."""
+    versions = _default()
+    try:
+        return versions.scripts[name]
+    except KeyError:
+        raise VersionsError(f"{versions.path}: scripts.{name}: no such script; known: "
+                            f"{', '.join(sorted(versions.scripts)) or 'none'}") from None
 
 
 def repo_url(name: str) -> str:

@@ -80,8 +80,7 @@ def _print_repos(console: Console, v: Versions) -> None:
     for column in ("Binary", "Version", "arm64 build", "Checked against"):
         binaries.add_column(column)
     for b in v.binaries.values():
-        check = b.sha256_url("arm64").replace(b.url("arm64"), "the vendor's <build URL>") or \
-            f"sha256 pinned for {', '.join(sorted(b.sha256))}"
+        check = f"sha256 pinned for {', '.join(sorted(b.sha256))}" if b.sha256 else "no sha256 pinned: refused"
         binaries.add_row(b.name, b.version, b.url("arm64"), check)
     print_table(console, binaries)
 

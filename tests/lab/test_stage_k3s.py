@@ -105,7 +105,7 @@ def test_install_is_real_with_a_bundle_or_an_explicit_skip_from_the_nodes_facts(
     for host, s in installs.items():
         assert s["status"] == "skipped" and s["reason"].startswith(
             f"skipped: no k3s binary available on {host}: k3s is not installed, no air-gap bundle was given"), s
-        assert "https://get.k3s.io is unreachable from it (curl: " in s["reason"]
+        assert "https://raw.githubusercontent.com is unreachable from it (curl: " in s["reason"]
     services = [s["reason"] for _, s in steps(first) if s["name"].startswith("service k3s")]
     assert len(services) == 4 and all(r.startswith("skipped: k3s") for r in services)
     cluster = {s["name"]: s["reason"] for host, s in steps(first) if host == "controller"}

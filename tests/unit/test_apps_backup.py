@@ -98,13 +98,24 @@ def test_the_minio_binary_is_a_skip_where_its_site_is_unreachable() -> None:
     installed = step.decide(step.parse(binary_facts(f"minio version {minio.version} (commit-id=x)\n", reach=28),
                                        frozenset()))
     assert installed == Ok(f"/usr/local/bin/minio is minio {minio.version}")
-    download = step.decide(step.parse(binary_facts(), frozenset()))
+    # no digest confirmed by two independent sources: refused, never checked against the site's own .sha256sum
+    with pytest.raises(StepError, match=rf"no sha256 pinned for minio {minio.version} on arm64: add "
+                                        r"binaries\.minio\.sha256\.arm64 .* two independent sources"):
+        step.decide(step.parse(binary_facts(), frozenset()))
+
+
+def test_mc_is_checked_against_its_pinned_digest_never_the_sites_checksum_file() -> None:
+    mc = binary("mc")
+    step = backup.VendorBinary(mc, "/usr/local/bin/mc")
+    download = step.decide(step.parse(binary_facts(arch="amd64"), frozenset()))
     assert isinstance(download, Change)
-    url = f"https://dl.min.io/server/minio/release/linux-arm64/archive/minio.{minio.version}"
+    url = f"https://dl.min.io/client/mc/release/linux-amd64/archive/mc.{mc.version}"
     (command,) = download.commands
-    assert f"-o \"$tmp/dl\" {url}\n" in command.script and f"{url}.sha256sum" in command.script
+    assert f"-o \"$tmp/dl\" {url}\n" in command.script and ".sha256sum" not in command.script
+    assert command.script.count("curl ") == 1                              # the build only, no checksum file
+    assert "sum=f207b7fdf8ff126caf4c26603de752c918e3b8441040830dd62d749b22895d2d\n" in command.script
     assert "sha256sum -c" in command.script and "install -m 0755" in command.script
-    assert download.sets == {changed_mark("/usr/local/bin/minio")}       # the minio service restarts on it
+    assert download.sets == {changed_mark("/usr/local/bin/mc")}
 
 
 def test_restic_is_the_pinned_github_build_checked_against_the_pinned_digest() -> None:
@@ -121,22 +132,19 @@ def test_restic_is_the_pinned_github_build_checked_against_the_pinned_digest() -
     assert same == Ok("/usr/local/bin/restic is restic 0.12.1")
     offline = step.decide(step.parse(binary_facts(reach=7), frozenset()))
     assert isinstance(offline, Ok) and offline.reason.startswith(SKIPPED + "https://github.com is unreachable")
-    with pytest.raises(StepError, match=r"no sha256 pinned for restic on riscv64: add binaries\.restic\.sha256\."
-                                        r"riscv64 to k8s/versions.yml"):
+    with pytest.raises(StepError, match=r"no sha256 pinned for restic 0\.12\.1 on riscv64: add "
+                                        r"binaries\.restic\.sha256\.riscv64 to k8s/versions.yml"):
         step.decide(step.parse(binary_facts(arch="riscv64"), frozenset()))
 
 
-@pytest.mark.parametrize("pinned", [True, False], ids=["digest-pinned", "vendor-checksum-file"])
-def test_the_install_script_installs_only_a_build_whose_digest_matches(tmp_path: Path, pinned: bool) -> None:
+def test_the_install_script_installs_only_a_build_whose_digest_matches(tmp_path: Path) -> None:
     """The generated script, run by a real shell on real files (file:// URLs): good build in, bad build out."""
     build = b"#!/bin/sh\necho 'restic 0.12.1 compiled with go1.16.6 on linux/arm64'\n"
     (tmp_path / "restic_0.12.1_linux_arm64.bz2").write_bytes(bz2.compress(build))
     digest = hashlib.sha256((tmp_path / "restic_0.12.1_linux_arm64.bz2").read_bytes()).hexdigest()
-    (tmp_path / "restic_0.12.1_linux_arm64.bz2.sum").write_text(f"{digest}  restic_0.12.1_linux_arm64.bz2\n")
     url = f"file://{tmp_path}/restic_{{version}}_linux_{{arch}}.bz2"
-    good = Binary("restic", "0.12.1", url, {"arm64": digest} if pinned else {}, "" if pinned else "{url}.sum")
-    bad = Binary("restic", "0.12.1", url, {"arm64": "0" * 64} if pinned else {}, "" if pinned else "{url}.bad")
-    (tmp_path / "restic_0.12.1_linux_arm64.bz2.bad").write_text("0" * 64 + "  restic_0.12.1_linux_arm64.bz2\n")
+    good = Binary("restic", "0.12.1", url, {"arm64": digest})
+    bad = Binary("restic", "0.12.1", url, {"arm64": "0" * 64})
     target = tmp_path / "bin" / "restic"
     target.parent.mkdir()
 

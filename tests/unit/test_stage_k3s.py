@@ -24,6 +24,7 @@ from picluster.remote.phases import ControllerContext, ControllerPhase, HostPhas
 from picluster.stages import STAGES, k3s
 from picluster.stages.k3s.cluster import ClusterAccess, RollingUpgrade, ServerFacts, Settle, SettleFacts, cluster_facts
 from picluster.state.skip import is_skipped
+from picluster.versions import Script
 
 VERSION = "v1.24.3+k3s1"
 @pytest.fixture(autouse=True)
@@ -192,11 +193,15 @@ def test_kubelet_config_follows_the_inventory_and_matches_the_os_stages_logind(t
 
 # --- install commands (golden) ---------------------------------------------------------------------------
 
+PIN = Script("k3s-install", "https://raw.githubusercontent.com/k3s-io/k3s/{version}/install.sh", "ab" * 32)
 SERVER_INSTALL = """\
 set -e
 script=$(mktemp)
 trap 'rm -f -- "$script"' EXIT
-curl -sfL --retry 3 -o "$script" https://get.k3s.io
+curl -sfL --retry 3 -o "$script" https://raw.githubusercontent.com/k3s-io/k3s/v1.24.3%2Bk3s1/install.sh
+printf '%s  %s\\n' abababababababababababababababababababababababababababababababab "$script" | sha256sum -c \
+--quiet - >/dev/null 2>&1 || { printf '%s\\n' 'the K3S install script is not the one pinned in k8s/versions.yml \
+(scripts.k3s-install.sha256 differs); not run' >&2; exit 1; }
 INSTALL_K3S_VERSION=v1.24.3+k3s1 INSTALL_K3S_FORCE_RESTART=true timeout 900 sh "$script" server"""
 
 AGENT_AIRGAP_INSTALL = """\
@@ -229,7 +234,35 @@ def make_bundle(root: Path, *, script: bool = True) -> k3s.Airgap:
 
 
 def test_server_install_fetches_the_official_script_with_the_pinned_version() -> None:
-    assert k3s.install_script(role="server", version=VERSION) == SERVER_INSTALL
+    assert k3s.install_script(role="server", version=VERSION, pin=PIN) == SERVER_INSTALL.replace("\\\n", "")
+
+
+def test_an_install_script_without_a_pinned_digest_is_refused() -> None:
+    with pytest.raises(StepError, match=r"no sha256 pinned for the K3S install script \(https://raw\.githubusercontent"
+                                        r"\.com/k3s-io/k3s/v1\.24\.3%2Bk3s1/install\.sh\): add scripts\.k3s-install"):
+        k3s.install_script(role="server", version=VERSION, pin=Script("k3s-install", PIN.url_template, ""))
+
+
+@pytest.mark.parametrize("right", [True, False], ids=["pinned-digest", "other-digest"])
+def test_the_fetched_install_script_runs_only_with_the_pinned_digest(tmp_path: Path, right: bool) -> None:
+    """The generated command, run by a real shell; the script comes over file:// and leaves a mark if it runs."""
+    import hashlib
+    import subprocess
+
+    served = tmp_path / VERSION / "install.sh"   # file:// decodes the %2B of the URL
+    served.parent.mkdir()
+    served.write_text(f"#!/bin/sh\necho \"$INSTALL_K3S_VERSION $1\" > {tmp_path}/ran\n")
+    digest = hashlib.sha256(served.read_bytes()).hexdigest() if right else "0" * 64
+    pin = Script("k3s-install", f"file://{tmp_path}/{{version}}/install.sh", digest)
+    done = subprocess.run(["sh", "-c", k3s.install_script(role="server", version=VERSION, pin=pin)],
+                          capture_output=True, text=True, timeout=60)
+    if right:
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "ran").read_text() == f"{VERSION} server\n"
+    else:
+        assert done.returncode == 1 and not (tmp_path / "ran").exists()
+        assert done.stderr == ("the K3S install script is not the one pinned in k8s/versions.yml "
+                               "(scripts.k3s-install.sha256 differs); not run\n")
 
 
 def test_agent_airgap_install_waits_for_the_server_then_installs_the_bundle(tmp_path: Path) -> None:
@@ -243,7 +276,7 @@ def test_install_commands_are_valid_sh(tmp_path: Path) -> None:
     import subprocess
 
     bundle = make_bundle(tmp_path / "b")
-    for script in (SERVER_INSTALL, k3s.install_script(role="agent", version=VERSION, url="https://x:6443",
+    for script in (SERVER_INSTALL.replace("\\\n", ""), k3s.install_script(role="agent", version=VERSION, url="https://x:6443",
                                                       server="n", bundle=bundle, arch="arm64")):
         subprocess.run(["sh", "-n", "-c", script], check=True)
 
@@ -264,23 +297,24 @@ def test_the_pinned_version_installed_is_nothing_to_do(inv: Inventory) -> None:
 
 def test_nothing_installed_and_nothing_in_reach_is_an_explicit_skip(inv: Inventory) -> None:
     step = k3s.K3sInstall(inv, inv.hosts["node2"], VERSION, None)
-    fetch = out("curl: (6) Could not resolve host: get.k3s.io\n", 6)
+    fetch = out("curl: (6) Could not resolve host: raw.githubusercontent.com\n", 6)
     decision = decide(step, install_outputs(None, unit=False, fetch=fetch))
     assert is_skipped(decision)
     assert decision.reason == (
         "skipped: no k3s binary available on node2: k3s is not installed, no air-gap bundle was given "
-        "(PICLUSTER_K3S_AIRGAP or --airgap DIR), and https://get.k3s.io is unreachable from it "
-        "(curl: (6) Could not resolve host: get.k3s.io)")
+        "(PICLUSTER_K3S_AIRGAP or --airgap DIR), and https://raw.githubusercontent.com is unreachable from it "
+        "(curl: (6) Could not resolve host: raw.githubusercontent.com)")
 
 
 def test_a_fresh_agent_installs_and_its_files_need_no_second_restart(inv: Inventory) -> None:
-    step = k3s.K3sInstall(inv, inv.hosts["node2"], VERSION, None)
+    step = k3s.K3sInstall(inv, inv.hosts["node2"], VERSION, None, pin=PIN)
     decision = decide(step, install_outputs(None, unit=False))
     assert isinstance(decision, Change)
-    assert decision.diff == (f"install k3s {VERSION} as k3s-agent (agent, arm64, from https://get.k3s.io), "
+    assert decision.diff == (f"install k3s {VERSION} as k3s-agent (agent, arm64, from "
+                             "https://raw.githubusercontent.com/k3s-io/k3s/v1.24.3%2Bk3s1/install.sh), "
                              "joining https://10.0.0.11:6443")
     assert decision.commands[0].script == k3s.install_script(role="agent", version=VERSION,
-                                                             url="https://10.0.0.11:6443", server="node1")
+                                                             url="https://10.0.0.11:6443", server="node1", pin=PIN)
     assert changed_mark(k3s.CONFIG) in decision.clears
 
 
@@ -289,7 +323,7 @@ def test_another_version_is_left_to_the_rolling_upgrade_unless_it_is_the_upgrade
     left = decide(k3s.K3sInstall(inv, inv.hosts["node3"], VERSION, None), old)
     assert left == Ok(f"k3s v1.24.2+k3s1 is installed, {VERSION} is pinned: the rolling upgrade run from node1 "
                       "upgrades the nodes one at a time")
-    upgrade = decide(k3s.K3sInstall(inv, inv.hosts["node3"], VERSION, None, upgrade=True), old)
+    upgrade = decide(k3s.K3sInstall(inv, inv.hosts["node3"], VERSION, None, upgrade=True, pin=PIN), old)
     assert isinstance(upgrade, Change) and upgrade.diff.startswith(f"upgrade k3s v1.24.2+k3s1 -> {VERSION}")
 
 

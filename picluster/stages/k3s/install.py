@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from picluster import versions
 from picluster.facts import k3s_version
 from picluster.inventory import Host, Inventory
 from picluster.remote import AnyStep, Change, Command, Decision, Ok, ProbeOutput, StepError, changed_mark
@@ -31,13 +32,14 @@ from picluster.stages.k3s.config import (
 )
 from picluster.state import File
 from picluster.state.skip import OnlyIf, skipped
+from picluster.versions import Script
 
 q = shlex.quote
 
 LOCAL_STORAGE = "/var/lib/rancher/k3s/server/manifests/local-storage.yaml"   # K3S's packaged local-path
 STAGING = "/var/lib/picluster/k3s"
 IMAGES_DIR = "/var/lib/rancher/k3s/agent/images"
-INSTALL_URL = "https://get.k3s.io"
+INSTALL_URL = "https://raw.githubusercontent.com"   # the pinned install script's site (k8s/versions.yml scripts:)
 #: The default of the `--airgap` option: the task reads it, never the stage.
 AIRGAP_ENV = "PICLUSTER_K3S_AIRGAP"
 INSTALL_TIMEOUT_S = 900
@@ -165,6 +167,11 @@ class AirgapStaged:
 
 
 
+def script_pin() -> Script:
+    """The K3S install script pinned in k8s/versions.yml (scripts: k3s-install)."""
+    return versions.script("k3s-install")
+
+
 def wait_for_server(url: str, server: str, seconds: int = SERVER_WAIT_S) -> str:
     """Return shell lines that wait (bounded) until the K3S server's API answers at `url`."""
     ping = q(f"{url}/ping")
@@ -180,14 +187,24 @@ def wait_for_server(url: str, server: str, seconds: int = SERVER_WAIT_S) -> str:
     ])
 
 
+def script_check(pin: Script, path: str) -> str:
+    """Return the line that stops unless the script at `path` has the pinned sha256."""
+    wrong = q(f"the K3S install script is not the one pinned in k8s/versions.yml (scripts.{pin.name}.sha256 "
+              "differs); not run")
+    return f"printf '%s  %s\\n' {pin.sha256} {path} | sha256sum -c --quiet - >/dev/null 2>&1 || " \
+           f"{{ printf '%s\\n' {wrong} >&2; exit 1; }}"
+
+
 def install_script(*, role: str, version: str, url: str = "", server: str = "",
-                   bundle: Airgap | None = None, arch: str = "") -> str:
+                   bundle: Airgap | None = None, arch: str = "", pin: Script | None = None) -> str:
     """Return the command that installs (or upgrades) K3S with the official install script.
 
     `url` (agents and joining servers): wait until that API answers first. With `bundle`, the staged
     binary and images are put in place and the script runs with INSTALL_K3S_SKIP_DOWNLOAD; else the node
-    fetches the script from get.k3s.io and the script downloads the pinned release.
+    fetches the script at the pinned version's tag and the script downloads the pinned release. The script
+    runs only when its sha256 is the one pinned (`pin`); a bundle's own install.sh is checked when pinned.
     """
+    pin = pin or script_pin()
     command = "server" if role == "server" else "agent"
     lines = ["set -e"]
     if url:
@@ -210,9 +227,15 @@ def install_script(*, role: str, version: str, url: str = "", server: str = "",
         env.append("INSTALL_K3S_SKIP_DOWNLOAD=true")
     if bundle is not None and bundle.script is not None:
         lines.append(f"script={q(staged_path(bundle.script))}")
+        if pin.sha256:
+            lines.append(script_check(pin, '"$script"'))
     else:
+        if not pin.sha256:
+            raise StepError(f"no sha256 pinned for the K3S install script ({pin.url(version)}): add "
+                            f"scripts.{pin.name}.sha256 to k8s/versions.yml, confirmed from two independent sources, "
+                            "or give an air-gap bundle with its install.sh")
         lines += ['script=$(mktemp)', "trap 'rm -f -- \"$script\"' EXIT",
-                  f'curl -sfL --retry 3 -o "$script" {INSTALL_URL}']
+                  f'curl -sfL --retry 3 -o "$script" {q(pin.url(version))}', script_check(pin, '"$script"')]
     lines.append(f'{" ".join(env)} timeout {INSTALL_TIMEOUT_S} sh "$script" {command}')
     return "\n".join(lines)
 
@@ -237,8 +260,9 @@ class K3sInstall:
     """
 
     def __init__(self, inv: Inventory, host: Host, version: str, bundle: Airgap | None, *,
-                 upgrade: bool = False, selected: frozenset[str] | None = None) -> None:
+                 upgrade: bool = False, selected: frozenset[str] | None = None, pin: Script | None = None) -> None:
         self.inv, self.host, self.version, self.bundle, self.upgrade = inv, host, version, bundle, upgrade
+        self.pin = pin or script_pin()
         self.unit = unit_of(host)
         self.selected = selected   # the hosts of this run (--limit); None: all
 
@@ -302,9 +326,9 @@ class K3sInstall:
         joins = self.host.name != primary
         script = install_script(role=self.host.role, version=self.version,
                                 url=server_url(self.inv) if joins else "", server=primary,
-                                bundle=self.bundle, arch=facts.arch)
+                                bundle=self.bundle, arch=facts.arch, pin=self.pin)
         what = f"upgrade k3s {facts.version} -> {self.version}" if facts.version else f"install k3s {self.version}"
-        source = f"air-gap bundle {self.bundle.dir}" if self.bundle else INSTALL_URL
+        source = f"air-gap bundle {self.bundle.dir}" if self.bundle else self.pin.url(self.version)
         diff = f"{what} as {self.unit} ({self.host.role}, {facts.arch}, from {source})"
         if joins:
             diff += f", joining {server_url(self.inv)}"
