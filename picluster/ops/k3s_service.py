@@ -71,9 +71,9 @@ class WaitReady:
     def facts(self, ctx: ControllerContext) -> ReadyFacts:
         """The run's K3S nodes, and whether their host steps found K3S installed."""
         hosts = [h for h in ctx.hosts if getattr(h, "role", "") in ("server", "agent")]
-        missing = tuple(h.name for h in hosts if any(
-            s.status == "skipped" and NOT_INSTALLED in s.reason for s in ctx.table.rows[h.name].steps)
-            if h.name in ctx.table.rows)
+        rows = ctx.table.rows
+        missing = tuple(h.name for h in hosts if h.name in rows and any(
+            s.status == "skipped" and NOT_INSTALLED in s.reason for s in rows[h.name].steps))
         return ReadyFacts(tuple(h.name for h in hosts if h.name not in missing),
                           tuple(h.name for h in hosts if getattr(h, "role", "") == "server"),
                           self.kubeconfig, self.kubeconfig.is_file(), missing)
