@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import stat
 from pathlib import Path
 
 from rich.console import Console
 
+from picluster.console import make_console
 from picluster.remote import CommandError, HostResult, StageResult, StepResult
 from picluster.report import print_stage, write_json, write_report
 
@@ -99,3 +101,22 @@ def test_a_report_replaces_the_last_one_whole_in_a_folder_made_for_it(tmp_path: 
         '{\n  "run": "second",\n  "host": "nodo-ñ",\n  "when": "2024-05-01"\n}\n')
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["report.json"]
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_stage_table_never_cuts_a_note() -> None:
+    note = "node3: cannot reach 192.0.2.9:22 (timed out)"
+    piped = io.StringIO()
+    print_stage(stage(), console=make_console(file=piped, environ={}))
+    assert any(note in line and "10.0s" in line for line in piped.getvalue().splitlines())
+    for width in (70, 40):
+        tty = Tty()
+        print_stage(stage(), console=make_console(file=tty, environ={"COLUMNS": str(width), "NO_COLOR": "1"}))
+        text = tty.getvalue()
+        assert "…" not in text
+        for word in note.split():
+            assert word in text, (width, word, text)
