@@ -22,20 +22,24 @@ APPLY_HELP = {
     "verbose": "show each step's reason or diff",
     "report": "also write the result as JSON to this file",
     "no-checks": "do not run the stage's testinfra checks afterwards",
+    "host-timeout": "seconds of silence after which a host is reported unreachable (default 60)",
 }
 AIRGAP_HELP = ("K3S air-gap bundle directory: the k3s binary for the nodes' architecture, its "
                "k3s-airgap-images-<arch>.tar*, and install.sh (default: $PICLUSTER_K3S_AIRGAP; none: the nodes fetch "
-               "https://get.k3s.io)")
+               "the pinned install script, sha256-checked)")
 
 
 def run_options(*, limit: str | None, dry_run: bool, parallel: int, airgap: str | None = None,
-                releases: str | None = None, releases_only: bool = False) -> RunOptions:
+                releases: str | None = None, releases_only: bool = False,
+                host_timeout: float | None = None) -> RunOptions:
     """Return the run's typed options from the task's arguments; usage errors exit 2."""
     from picluster.remote.phases import RunOptions
     from picluster.stages.k3s.install import AIRGAP_ENV
 
     if parallel < 1:
         raise Exit("error: --parallel must be 1 or more", code=USAGE_ERROR)
+    if host_timeout is not None and not 5 <= host_timeout <= 3600:
+        raise Exit("error: --host-timeout must be between 5 and 3600 seconds", code=USAGE_ERROR)
     bundle = airgap or os.environ.get(AIRGAP_ENV) or None
     if bundle is not None and not Path(bundle).expanduser().is_dir():
         raise Exit(f"error: the air-gap bundle {bundle} is not a directory (from --airgap or {AIRGAP_ENV})",
@@ -44,7 +48,8 @@ def run_options(*, limit: str | None, dry_run: bool, parallel: int, airgap: str 
     only = split_names(releases)
     return RunOptions(limit=frozenset(names) if names is not None else None, dry_run=dry_run, parallel=parallel,
                       airgap=Path(bundle).expanduser().resolve() if bundle else None, progress=sys.stderr.isatty(),
-                      releases=tuple(only) if only is not None else None, releases_only=releases_only)
+                      releases=tuple(only) if only is not None else None, releases_only=releases_only,
+                      **({"host_timeout": float(host_timeout)} if host_timeout is not None else {}))
 
 
 def apply_stage(stage_name: str, inventory: str | None, options: RunOptions, *, verbose: bool,
