@@ -179,6 +179,20 @@ def idle_memory(inventory: str) -> list[float]:
     return [node_memory(lab, h.name) / MIB for h in lab.hosts]
 
 
+def leftovers(inventory: str) -> list[str]:
+    """What of the lab is still there after lab.down: processes, namespaces, links, mounts, node disks."""
+    from picluster.lab import Lab, network
+
+    lab = Lab(inventory)
+    supervisors, nspawns = lab._our_processes()
+    left = [f"process {p}" for p in supervisors + nspawns]
+    left += [f"netns {n}" for n in network.lab_netns(lab.bridge)]
+    left += [f"link {n}" for n in network.lab_links(lab.bridge)]
+    left += [f"mount {m}" for m in lab.mounts()]
+    left += [f"disk {h.name}" for h in lab.hosts if lab.paths(h.name).dir.exists()]
+    return left
+
+
 def stage_times(report: dict[str, Any] | None) -> dict[str, float]:
     """Seconds of each stage and gate from a `cluster.up --report` JSON."""
     out: dict[str, float] = {}
@@ -222,6 +236,9 @@ def measure(size: int, base: str, full: bool, work: Path) -> dict[str, Any]:
         runs["check (every gate)"] = run_task(["check", *inv])
     runs["cluster.shutdown --no-drain --force"] = run_task(["cluster.shutdown", *inv, "--no-drain", "--force"])
     runs["lab.down"] = run_task(["lab.down", *inv])
+    out["left_after_down"] = leftovers(inventory)
+    if out["left_after_down"]:
+        print(f"  left after lab.down: {out['left_after_down']}", flush=True)
     out["runs"] = {k: {**asdict(r), "report": None} for k, r in runs.items()}
     return out
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,15 +26,16 @@ from picluster.inventory import Host, Inventory, load_inventory
 from picluster.lab import base, keys, network, node, prereqs, proxy, wan
 from picluster.lab.common import LabError, all_pids, pid_cmdline, read_json, write_json
 from picluster.lab.node import NodePaths
+from picluster.lab.ready import READY_STATES as READY_STATES  # where it was before
+from picluster.lab.ready import ssh_ready
 
 DEFAULT_INVENTORY = "hosts/lab.yml"
 INVENTORY_ENV = "PICLUSTER_LAB_INVENTORY"
 BOOT_TIMEOUT = 180.0     # first boot of every node, cloud-init included, until SSH answers
 STOP_GRACE = 8.0         # a node's clean shutdown before it is killed
+BOOT_WAIT_SLICE = 20.0   # the longest one SSH session waits for a node's boot to finish before asking again
 SUPERVISOR_MODULE = "picluster.lab.supervisor"
-# `systemctl is-system-running` once a node has booted. "degraded" (some unit failed) still counts:
-# a container cannot do everything a Pi does, and the stages' own checks say what is missing.
-READY_STATES = ("running", "degraded")
+PREPARE_WORKERS = 8      # nodes whose links and disks are made at once (their writes wait on the disk, not the CPU)
 
 
 def default_inventory_path() -> Path:
@@ -146,28 +146,39 @@ class Lab:
         state.update(bridge=self.bridge, base=str(lower), proxy_pid=proxy_pid, nodes=state.get("nodes", {}))
         write_json(self.state_file, state)
         booting = []
-        for index, h in enumerate(self.hosts):
-            ns = network.netns_name(self.bridge, h.name)
-            network.ensure_node_link(self.bridge, ns, network.veth_name(self.bridge, index), h.mac)
-        wan.ensure(self.inv)  # the gateway's WAN interface, when the inventory gives it one
-        for h in self.hosts:
-            ns = network.netns_name(self.bridge, h.name)
-            if self._node_running(h.name):
-                continue
-            paths = self.paths(h.name)
-            if paths.seeded.exists() and paths.seeded.read_text(encoding="utf-8") != str(lower):
-                self._say(f"[yellow]lab[/]: {h.name}'s disk was made on another base; starting it afresh")
-                node.wipe(paths)
-            image = self.flashed_image(h.name)
-            boot_files = node.flashed_boot_files(image) if image.is_file() else None
-            node.seed(self.inv, h, lower, paths, host_keys[h.name], self.proxy_address, boot_files)
-            state["nodes"][h.name] = {"supervisor_pid": self._start_supervisor(h, lower), "netns": ns}
-            write_json(self.state_file, state)
-            booting.append(h)
+        # Each node's link and disk, a bounded number at once; each node starts as soon as its disk is ready.
+        with ThreadPoolExecutor(max_workers=min(PREPARE_WORKERS, len(self.hosts))) as pool:
+            for f in [pool.submit(self._link, index, h) for index, h in enumerate(self.hosts)]:
+                f.result()
+            wan.ensure(self.inv)  # the gateway's WAN interface, when the inventory gives it one
+            stopped = [h for h in self.hosts if not self._node_running(h.name)]
+            seeding = {pool.submit(self._seed, h, lower, host_keys[h.name]): h for h in stopped}
+            for f in as_completed(seeding):
+                h = seeding[f]
+                f.result()
+                state["nodes"][h.name] = {"supervisor_pid": self._start_supervisor(h, lower),
+                                          "netns": network.netns_name(self.bridge, h.name)}
+                write_json(self.state_file, state)
+                booting.append(h)
+        booting.sort(key=self.hosts.index)
         times = self.wait_ssh(booting, timeout=timeout, since=started)
         self._say(f"[bold]lab[/]: {len(self.hosts)} nodes up in {time.monotonic() - started:.1f}s "
                   f"(ssh: invoke lab.ssh HOST)")
         return times
+
+    def _link(self, index: int, h: Host) -> None:
+        network.ensure_node_link(self.bridge, network.netns_name(self.bridge, h.name),
+                                 network.veth_name(self.bridge, index), h.mac)
+
+    def _seed(self, h: Host, lower: Path, host_key: HostKey) -> None:
+        """The node's disk, seeded once (afresh when it was made on another base)."""
+        paths = self.paths(h.name)
+        if paths.seeded.exists() and paths.seeded.read_text(encoding="utf-8") != str(lower):
+            self._say(f"[yellow]lab[/]: {h.name}'s disk was made on another base; starting it afresh")
+            node.wipe(paths)
+        image = self.flashed_image(h.name)
+        boot_files = node.flashed_boot_files(image) if image.is_file() else None
+        node.seed(self.inv, h, lower, paths, host_key, self.proxy_address, boot_files)
 
     def is_up(self) -> bool:
         state = read_json(self.state_file)
@@ -224,39 +235,6 @@ class Lab:
 
     # --- waiting for SSH -----------------------------------------------------------------------------
 
-    def _ssh_probe(self, h: Host) -> bool:
-        """True once `h` has booted and accepts the automation user's key with its pinned host key."""
-        import logging
-
-        import paramiko
-
-        paramiko_log = logging.getLogger("paramiko")
-        if not paramiko_log.handlers:  # a node still booting resets connections: expected, not news
-            paramiko_log.addHandler(logging.NullHandler())
-        t = h.ssh
-        try:
-            with socket.create_connection((t.address, t.port), timeout=1):
-                pass
-        except OSError:
-            return False
-        client = paramiko.SSHClient()
-        client.load_host_keys(str(t.known_hosts))
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        try:
-            client.connect(t.address, port=t.port, username=t.user, key_filename=str(t.key_file),
-                           timeout=3, banner_timeout=5, auth_timeout=5, look_for_keys=False,
-                           allow_agent=False)
-            # Ready means booted: cloud-init's later stages restart sshd, so an early answer is not enough.
-            _, out, _ = client.exec_command("systemctl is-system-running", timeout=5)
-            return out.read().decode().strip() in READY_STATES
-        except paramiko.BadHostKeyException:
-            raise LabError(f"{h.name} ({t.address}) presented a host key other than its pinned one in "
-                           f"{t.known_hosts}; run `invoke lab.down` and `invoke lab.up`") from None
-        except (paramiko.SSHException, OSError, EOFError):
-            return False
-        finally:
-            client.close()
-
     def wait_ssh(self, hosts: Sequence[Host], timeout: float = BOOT_TIMEOUT,
                  since: float | None = None) -> dict[str, float]:
         """Wait (bounded) until each host answers SSH; return seconds from `since` per host."""
@@ -268,7 +246,7 @@ class Lab:
 
         def wait_one(h: Host, done: Callable[[], None]) -> None:
             stopped_seen = 0
-            while not self._ssh_probe(h):
+            while not ssh_ready(h, wait=min(BOOT_WAIT_SLICE, max(0.0, deadline - time.monotonic()))):
                 status = self._node_status(h)
                 # NOTE: one "stopped" reading can be the supervisor mid-exec (its /proc cmdline is empty for
                 # an instant); only two in a row mean the node really stopped
