@@ -285,7 +285,7 @@ def compare(inventory: str, ansible_bin: Path | None, pyinfra_bin: Path) -> dict
     tools: list[tuple[str, Any]] = [("pyinfra", lambda: run_pyinfra(inv, pyinfra_bin)),
                                     ("picluster", lambda: run_picluster(inventory))]
     if ansible_bin is not None:
-        tools.insert(0, ("ansible", lambda: run_ansible(inv, ansible_bin)))
+        tools.append(("ansible", lambda: run_ansible(inv, ansible_bin)))
     for name, run in tools:
         lab("down", inventory)
         lab("up", inventory)

@@ -131,8 +131,17 @@ class Run:
     seconds: float
     rc: int
     load: float
+    cpu_busy: float   # the machine's CPU busy fraction while it ran (every process, all cores)
     peak: Peak = field(default_factory=Peak)
     report: dict[str, Any] | None = None
+
+
+def cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine since boot."""
+    with open("/proc/stat", encoding="utf-8") as fh:
+        fields = [int(v) for v in fh.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def run_task(args: list[str], report: Path | None = None, timeout: float = 1800) -> Run:
@@ -144,7 +153,7 @@ def run_task(args: list[str], report: Path | None = None, timeout: float = 1800)
     with open(log, "a", encoding="utf-8") as out:
         out.write(f"\n$ invoke {' '.join(args)}\n")
         out.flush()
-        start = time.monotonic()
+        start, cpu_start = time.monotonic(), cpu_times()
         proc = subprocess.Popen([str(INVOKE), *args], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
         done = threading.Event()
@@ -162,9 +171,10 @@ def run_task(args: list[str], report: Path | None = None, timeout: float = 1800)
             seconds = time.monotonic() - start
             done.set()
             thread.join()
+    busy = (cpu_times()[0] - cpu_start[0]) / max(1, cpu_times()[1] - cpu_start[1])
     data = json.loads(report.read_text()) if report is not None and report.is_file() else None
-    run = Run(args[0], round(seconds, 2), rc, round(load, 2), peak, data)
-    print(f"  {' '.join(args[:3]):<40} {seconds:7.2f} s  rc {rc}  load {load:.2f}  "
+    run = Run(args[0], round(seconds, 2), rc, round(load, 2), round(busy, 2), peak, data)
+    print(f"  {' '.join(args[:3]):<40} {seconds:7.2f} s  rc {rc}  load {load:.2f}  cpu {busy:.0%}  "
           f"rss {peak.rss_mib:.0f} MiB  threads {peak.threads}  files {peak.open_files}", flush=True)
     return run
 
