@@ -89,9 +89,10 @@ def installed_version(distribution: str) -> str:
         return NOT_INSTALLED
 
 
-def helm_version(timeout: float = 5.0) -> str:
-    """`helm version --short` of the helm on PATH ('v3.6.3+gd506314'), or "not installed" / why it failed."""
-    helm = shutil.which("helm")
+def helm_version(helm: str | None = None, timeout: float = 5.0) -> str:
+    """`helm version --short` of `helm` (default: the one on PATH), e.g. 'v3.6.3+gd506314', or "not installed" /
+    why it failed."""
+    helm = helm or shutil.which("helm")
     if helm is None:
         return NOT_INSTALLED
     try:
@@ -109,7 +110,8 @@ def same_release(installed: str, pinned: str) -> bool:
 
 
 def components(helm_pinned: str | None, *, helm: str | None = None) -> list[Component]:
-    """Python, the Python distributions picluster depends on, and Helm: installed beside pinned."""
+    """Python, the Python distributions picluster depends on, and Helm (`helm`: its `helm version`, default
+    asked of the one on PATH): installed beside pinned."""
     python, pins, source = project_pins()
     found = [Component("Python", platform.python_version(), python or "-", f"{source} requires-python")]
     for shown, dist in DISTRIBUTIONS:

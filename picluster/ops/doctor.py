@@ -90,11 +90,23 @@ def check_python(version: Sequence[int] | None = None, requires: str | None = No
                    f"install Python {requires} and rebuild .venv (`rm -rf .venv && scripts/invoke --list`)")
 
 
+def find_helm() -> str | None:
+    """The helm the apps stage uses: its own pinned one ($PICLUSTER_HELM, the tools folder) where the stage
+    manages one, else the one on PATH."""
+    import shutil
+
+    try:
+        from picluster.stages.apps import tools
+    except ImportError:
+        return shutil.which("helm")
+    return tools.installed_helm() or shutil.which("helm")
+
+
 def check_helm(pinned: str | None, *, required: bool, found: str | None = None) -> Finding:
-    """Helm on PATH against the release table's pin; without it the apps stage's releases are skipped."""
+    """Helm against the release table's pin; without it the apps stage's releases are skipped."""
     from picluster.controller import NOT_INSTALLED, helm_version, same_release
 
-    found = found if found is not None else helm_version()
+    found = found if found is not None else helm_version(find_helm())
     fix = f"install Helm {pinned or 'v3'} ({HELM_INSTALL}) so that `helm` is on PATH"
     if found == NOT_INSTALLED or found.startswith("unusable"):
         why = "the apps stage skips the Helm releases without it"

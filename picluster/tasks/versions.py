@@ -115,14 +115,15 @@ def versions_dict(v: Versions, found: list[Component]) -> dict[str, Any]:
 def show(c: Context, file: str | None = None, repos: bool = False, json: bool = False) -> None:
     """Print the release table (pinned versions and charts) and what this controller runs beside its pins."""
     from picluster.console import make_console, print_json
-    from picluster.controller import components
+    from picluster.controller import components, helm_version
+    from picluster.ops.doctor import find_helm
     from picluster.versions import DEFAULT_VERSIONS, VersionsError, load_versions
 
     try:
         v = load_versions(file or DEFAULT_VERSIONS)
     except VersionsError as err:
         raise Exit(f"error: {err}", code=USAGE_ERROR) from None
-    found = components(_helm_pin(v))
+    found = components(_helm_pin(v), helm=helm_version(find_helm()))
     if json:
         print_json(versions_dict(v, found))
         return
