@@ -25,7 +25,8 @@ _TOP_KEYS = {"k3s", "repos", "charts", "binaries", "dashboards", "release"}
 _REPO_KEYS = {"url", "note"}
 _CHART_KEYS = {"repo", "version", "bundled", "parent", "name", "upstream"}
 _ROW_KEYS = {"type", "software", "version", "chart", "binary", "notes"}
-_BINARY_KEYS = {"version", "url", "sha256", "sha256_url"}
+_BINARY_KEYS = {"version", "url", "sha256", "sha256_url", "where"}
+_WHERE = ("hosts", "controller")
 _DASHBOARD_KEYS = {"gnet_id", "revision"}
 _SCRIPT_KEYS = {"url", "sha256"}
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -78,6 +79,7 @@ class Binary:
     url_template: str
     sha256: dict[str, str]          # dpkg architecture -> hex digest, pinned here (never fetched from the site)
     sha256_url_template: str = ""   # always "": a checksum from the download site is refused when loading
+    where: str = "hosts"            # or "controller": installed into the controller's tools folder
 
     def url(self, arch: str) -> str:
         """The download URL of the build for `arch` (a dpkg architecture such as arm64)."""
@@ -268,7 +270,10 @@ def _binary(r: _Reader, name: str, key: str, spec: Any) -> Binary:
         raise r.fail(f"{key}.sha256_url", "a checksum fetched from the download site proves nothing; pin sha256 "
                                           "per architecture instead, confirmed from two independent sources")
     sums = _digests(r, spec.get("sha256", {}), f"{key}.sha256")
-    binary = Binary(name=name, version=version, url_template=url, sha256=sums)
+    where = spec.get("where", "hosts")
+    if where not in _WHERE:
+        raise r.fail(f"{key}.where", f"{where!r}: expected one of {', '.join(_WHERE)}")
+    binary = Binary(name=name, version=version, url_template=url, sha256=sums, where=where)
     try:
         binary.url("arm64"), binary.sha256_url("arm64")
     except (KeyError, IndexError, ValueError) as err:

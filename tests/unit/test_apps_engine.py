@@ -276,16 +276,26 @@ async def test_a_failing_release_stops_the_run_and_says_what_ran(
 
 async def test_without_helm_or_kubeconfig_the_releases_are_an_explicit_skip(
         inv: Inventory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    empty = tmp_path / "empty-bin"
-    empty.mkdir()
-    monkeypatch.setenv("PATH", str(empty))
+    helm_on_path = tmp_path / "path-bin"
+    helm_on_path.mkdir()
+    (helm_on_path / "helm").write_text("#!/bin/sh\nexit 1\n")
+    (helm_on_path / "helm").chmod(0o755)
+    monkeypatch.setenv("PATH", str(helm_on_path))              # not the pinned helm: never used
+    monkeypatch.setenv("PICLUSTER_TOOLS_DIR", str(tmp_path / "tools"))
+    monkeypatch.setenv("PICLUSTER_HELM_SITE", "http://127.0.0.1:9")   # a download would fail loudly
+    monkeypatch.delenv("PICLUSTER_HELM", raising=False)
     monkeypatch.setenv("PICLUSTER_KUBECONFIG", str(tmp_path / "kubeconfig"))
     detected = Tools.detect(inv)
     assert detected.helm is None
     result = run_releases(inv, tools=detected)
-    (step,) = result.steps
+    (step,) = result.steps                                       # no kubeconfig: helm is not even downloaded
     assert result.status == "ok" and step.status == "skipped"
-    assert step.reason.startswith("skipped: no helm binary on this controller")
+    assert step.reason.startswith(f"skipped: no kubeconfig at {tmp_path / 'kubeconfig'}")
+    assert not (tmp_path / "tools").exists()
+    (tmp_path / "kubeconfig").write_text("apiVersion: v1\n")
+    with pytest.raises(SpecError, match=r"cannot plan from this controller: helm v3\.6\.3 is not installed at "):
+        plan_releases(inv, tools=Tools.detect(inv))
+    (tmp_path / "kubeconfig").unlink()
 
     helm = FakeHelm.install(tmp_path / "h")
     result = run_releases(inv, tools=Tools(str(helm.path), tmp_path / "kubeconfig"))

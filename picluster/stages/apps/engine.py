@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from picluster.kube.client import Kube, KubeError
 from picluster.remote import SKIPPED
 from picluster.remote.results import HostResult, StepResult
 from picluster.stages.apps import dashboards, kubeapply, paths, pki
+from picluster.stages.apps import tools as toolbox
 from picluster.stages.apps.helm import Deployed, Helm, HelmError
 from picluster.stages.apps.render import Rendered, Renderer, RenderError, values_hash
 from picluster.stages.apps.spec import DEFAULT_RELEASES, Release, Releases, SpecError, load_releases
@@ -55,16 +55,43 @@ class Tools:
 
     @classmethod
     def detect(cls, inv: Inventory) -> Tools:
-        return cls(shutil.which("helm"), paths.kubeconfig_path(inv))
+        """The pinned helm of the project's tools folder (or $PICLUSTER_HELM), and the fetched kubeconfig."""
+        return cls(toolbox.installed_helm(), paths.kubeconfig_path(inv))
 
     def missing(self) -> str | None:
         """Why the releases cannot be applied from this controller, or None."""
-        if self.helm is None:
-            return "no helm binary on this controller (`helm` is not on PATH); install Helm v3 and run again"
         if not self.kubeconfig.is_file():
             return (f"no kubeconfig at {self.kubeconfig} (the k3s stage fetches it; or set "
                     f"{localfs.KUBECONFIG_ENV})")
+        if self.helm is None:
+            return (f"helm {toolbox.pinned_helm().version} is not installed at {toolbox.helm_path()} "
+                    f"(`invoke apps.apply` installs it; or set ${toolbox.HELM_ENV})")
         return None
+
+
+def ensure_helm(tools: Tools, *, dry_run: bool) -> tuple[Tools, StepResult | None]:
+    """`tools` with the pinned helm installed when it is missing (never by a dry run), and the step that says so.
+
+    Decided from the facts: a kubeconfig and a helm already there need nothing; without a kubeconfig the
+    releases are skipped anyway, so nothing is downloaded.
+    """
+    if tools.helm is not None or not tools.kubeconfig.is_file():
+        return tools, None
+    start = time.monotonic()
+    pinned, path = toolbox.pinned_helm(), toolbox.helm_path()
+    name = f"helm {pinned.version}"
+    if dry_run:
+        return tools, StepResult(name, "skipped", 0.0, reason=f"{SKIPPED}would install {name} at {path} "
+                                                               "(a dry run downloads nothing)")
+    try:
+        installed = toolbox.install_helm()
+    except toolbox.Unreachable as err:
+        return tools, StepResult(name, "skipped", time.monotonic() - start, reason=f"{SKIPPED}{err}")
+    except toolbox.ToolError as err:
+        return tools, StepResult(name, "failed", time.monotonic() - start, message=str(err))
+    return replace(tools, helm=str(installed)), StepResult(
+        name, "changed", time.monotonic() - start, reason="not installed in the tools folder",
+        diff=f"{installed}: {name} ({toolbox.download_url(pinned, toolbox.controller_arch())}, sha256-checked)")
 
 
 def minio_pki(inv: Inventory, *, create: bool) -> pki.ServerPki | None:
@@ -275,11 +302,14 @@ def run_releases(inv: Inventory, *, dry_run: bool = False, only: Sequence[str] |
     Without helm or a kubeconfig this is one explicit skip with the reason, decided from those facts.
     """
     start = time.monotonic()
-    tools = tools or Tools.detect(inv)
+    tools, helm_step = ensure_helm(tools or Tools.detect(inv), dry_run=dry_run)
+    first = [helm_step] if helm_step is not None else []
+    if helm_step is not None and helm_step.status == "failed":
+        return HostResult(CONTROLLER, "failed", time.monotonic() - start, first, message=helm_step.message)
     why = tools.missing()
     if why is not None:
         step = StepResult("helm releases", "skipped", 0.0, reason=SKIPPED + why)
-        return HostResult(CONTROLLER, "ok", time.monotonic() - start, [step])
+        return HostResult(CONTROLLER, "ok", time.monotonic() - start, [*first, step])
     assert tools.helm is not None
     try:
         releases = load_releases(releases_path)
@@ -289,7 +319,7 @@ def run_releases(inv: Inventory, *, dry_run: bool = False, only: Sequence[str] |
         return HostResult(CONTROLLER, "failed", time.monotonic() - start, [step], message=str(err))
     applier = Applier(inv, Kube(tools.kubeconfig), Helm(tools.helm, tools.kubeconfig), releases, dry_run=dry_run,
                       **options)  # type: ignore[arg-type]
-    steps: list[StepResult] = []
+    steps: list[StepResult] = list(first)
     for release in ordered:
         result = applier.apply(release)
         steps.append(result)
