@@ -20,9 +20,9 @@ SERVICE_HELP = {
 @task(help={**APPLY_HELP, "airgap": AIRGAP_HELP})
 def apply(c: Context, inventory: str | None = None, dry_run: bool = False, limit: str | None = None,
           parallel: int = 10, verbose: bool = False, report: str | None = None, no_checks: bool = False,
-          airgap: str | None = None) -> None:
+          airgap: str | None = None, host_timeout: float | None = None) -> None:
     """Install K3S at the pinned version: server, agents, graceful node shutdown, kubeconfig; then its checks."""
-    options = run_options(limit=limit, dry_run=dry_run, parallel=parallel, airgap=airgap)
+    options = run_options(limit=limit, dry_run=dry_run, parallel=parallel, airgap=airgap, host_timeout=host_timeout)
     apply_stage("k3s", inventory, options, verbose=verbose, report=report, no_checks=no_checks)
 
 
