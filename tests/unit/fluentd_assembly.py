@@ -203,3 +203,19 @@ def assemble(ours: Mapping[str, Any]) -> list[Plugin]:
     found = plugins(pod_files(values), main_file(values))
     check(found)
     return found
+
+
+def files_from_manifests(docs: list[dict[str, Any]]) -> tuple[dict[str, str], str]:
+    """The pod's configuration files and the file fluentd starts from, read off rendered manifests (helm's output):
+    the ConfigMaps by name, mounted where the Deployment's pod template mounts them."""
+    maps = {d["metadata"]["name"]: d.get("data") or {} for d in docs if d.get("kind") == "ConfigMap"}
+    (deploy,) = [d for d in docs if d.get("kind") in ("Deployment", "DaemonSet", "StatefulSet")]
+    pod = deploy["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v["configMap"]["name"] for v in pod.get("volumes") or [] if "configMap" in v}
+    files: dict[str, str] = {}
+    for mount in container.get("volumeMounts") or []:
+        if mount["name"] in volumes:
+            for key, text in maps.get(volumes[mount["name"]], {}).items():
+                files[posixpath.join(mount["mountPath"], key)] = text
+    return files, main_file({"env": container.get("env")})
