@@ -102,6 +102,18 @@ def find_helm() -> str | None:
     return tools.installed_helm() or shutil.which("helm")
 
 
+def _managed_helm() -> str:
+    """Where the apps stage installs its pinned helm, when it manages one ('' when it uses PATH's)."""
+    try:
+        from picluster.stages.apps import tools
+    except ImportError:
+        return ""
+    try:
+        return f"the apps stage installs the pinned build at {tools.helm_path()} on first use"
+    except Exception:  # NOTE: no helm pinned among the binaries yet
+        return ""
+
+
 def check_helm(pinned: str | None, *, required: bool, found: str | None = None) -> Finding:
     """Helm against the release table's pin; without it the apps stage's releases are skipped."""
     from picluster.controller import NOT_INSTALLED, helm_version, same_release
@@ -109,6 +121,10 @@ def check_helm(pinned: str | None, *, required: bool, found: str | None = None) 
     found = found if found is not None else helm_version(find_helm())
     fix = f"install Helm {pinned or 'v3'} ({HELM_INSTALL}) so that `helm` is on PATH"
     if found == NOT_INSTALLED or found.startswith("unusable"):
+        managed = _managed_helm()
+        if managed:  # the apps stage fetches its pinned helm itself: only a controller without internet must act
+            return Finding("helm", "helm", WARN, f"helm {found} yet: {managed}",
+                           "let the apps stage download it (internet), or set $PICLUSTER_HELM to a helm of yours")
         why = "the apps stage skips the Helm releases without it"
         return Finding("helm", "helm", FAIL if required else WARN, f"helm {found}: {why}", fix)
     if pinned and not same_release(found, pinned):

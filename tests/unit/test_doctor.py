@@ -118,13 +118,20 @@ def test_python_against_requires_python() -> None:
     assert old.status == FAIL and "3.10.12" in old.detail and ">=3.11" in old.fix
 
 
-def test_helm_missing_is_to_fix_for_a_cluster_a_warning_for_the_lab() -> None:
+def test_helm_missing_is_to_fix_for_a_cluster_a_warning_for_the_lab(monkeypatch: pytest.MonkeyPatch) -> None:
+    from picluster.ops import doctor as module
+
+    monkeypatch.setattr(module, "_managed_helm", lambda: "")  # a helm of PATH, that nothing installs for us
     missing = check_helm("v3.6.3", required=True, found="not installed")
     assert missing.status == FAIL and "v3.6.3" in missing.fix and "helm.sh" in missing.fix
     assert check_helm("v3.6.3", required=False, found="not installed").status == WARN
     assert check_helm("v3.6.3", required=True, found="v3.6.3+gd506314").status == OK
     other = check_helm("v3.6.3", required=True, found="v3.14.0+g3fc9f4b")
     assert other.status == WARN and "pins v3.6.3" in other.detail
+    # where the apps stage installs its pinned helm itself, a missing one is a warning that says so
+    monkeypatch.setattr(module, "_managed_helm", lambda: "the apps stage installs the pinned build at X")
+    managed = check_helm("v3.6.3", required=True, found="not installed")
+    assert managed.status == WARN and "installs the pinned build at X" in managed.detail
 
 
 def test_the_ssh_key_must_exist_be_private_and_be_the_private_half(tmp_path: Path) -> None:
