@@ -5,7 +5,8 @@
   (`Applier._install`: a values file, a `--post-renderer` script running picluster.stages.apps.postrender);
 - fluentd's configuration as helm itself merges the chart's defaults (../shared/charts/fluentd-0.3.9) with ours;
 - `helm repo add` / `helm repo update` / the pinned `repo/chart --version` against a chart repository on 127.0.0.1;
-- the exact `upgrade --install`, `list` and `get values` argv, which helm parses before it finds no cluster.
+- the exact `upgrade --install`, `list` and `get values` argv, which helm parses before it finds no cluster;
+- every values file as helm reads it (Go's YAML) equal to what we rendered.
 
 What needs a cluster (a release really installed, listed, its values read back) stays with the helm test double.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import shutil
 import threading
 from collections.abc import Iterator
@@ -208,3 +210,16 @@ def test_repo_add_update_and_the_pinned_chart_reference(helm_env: RealHelm, char
     assert "name: longhorn-manager" in out
     with pytest.raises(HelmError, match=r'failed to download "longhorn/longhorn" at version "9\.9\.9"'):
         helm.run("template", release.name, release.chart.ref, "--version", "9.9.9")
+
+
+WITH_VALUES = [r.name for r in load_releases().ordered() if r.values and r.helm]
+
+
+@pytest.mark.parametrize("name", WITH_VALUES)
+def test_helm_reads_each_values_file_as_we_wrote_it(helm_env: RealHelm, unreachable_kubeconfig: Path,
+                                                    name: str) -> None:
+    """Go's YAML (helm) and ours agree on every values file: no yes/no/on/off, octal or float surprise."""
+    out = rendered(name)
+    out.patches = []                                   # the echo chart has none of the patched objects
+    (cm,) = template(helm_env, CHARTS / "values-echo", out, unreachable_kubeconfig)
+    assert json.loads(cm["data"]["values.json"]) == json.loads(json.dumps(out.values))
