@@ -40,8 +40,7 @@ def colour_forced(environ: os._Environ[str] | dict[str, str] | None = None) -> b
 def make_console(*, stderr: bool = False, file: IO[str] | None = None,
                  environ: dict[str, str] | None = None) -> Console:
     """Return a console for stdout (or stderr, or `file`) that never cuts what it prints."""
-    from rich.console import Console
-
+    made = _console_class()
     stream = file or (sys.stderr if stderr else sys.stdout)
     env = dict(os.environ) if environ is None else environ
     try:
@@ -50,11 +49,24 @@ def make_console(*, stderr: bool = False, file: IO[str] | None = None,
         tty = False
     forced = colour_forced(env)
     if tty:
-        return Console(file=file, stderr=stderr, force_terminal=True, no_color=forced is False,
-                       color_system="auto" if forced is not False else None, _environ=env)
-    return Console(file=file, stderr=stderr, force_terminal=False, force_interactive=False, width=PIPE_WIDTH,
-                   color_system="standard" if forced else None, no_color=not forced, soft_wrap=False,
-                   _environ=env)
+        return made(file=file, stderr=stderr, force_terminal=True, no_color=forced is False,
+                    color_system="auto" if forced is not False else None, _environ=env)
+    return made(file=file, stderr=stderr, force_terminal=False, force_interactive=False, width=PIPE_WIDTH,
+                color_system="standard" if forced else None, no_color=not forced, soft_wrap=False,
+                _environ=env)
+
+
+@functools.cache
+def _console_class() -> type[Console]:
+    """rich's Console, ending quietly with exit code 141 (not 1) when the reader of stdout goes away."""
+    from rich.console import Console
+
+    class PipeSafeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            _silence_stdout()
+            raise SystemExit(BROKEN_PIPE)
+
+    return PipeSafeConsole
 
 
 def is_live(console: Console) -> bool:

@@ -114,10 +114,10 @@ def test_inventory_show_json() -> None:
     assert data["hosts"]["node1"]["role"] == "server" and data["hosts"]["node1"]["ssh"]["port"] == 22
 
 
-def test_a_closed_pipe_ends_the_task_quietly() -> None:
+@pytest.mark.parametrize("args", [["inventory.show", "--inventory", "hosts/lab.yml"], ["versions"]])
+def test_a_closed_pipe_ends_the_task_quietly(args: list[str]) -> None:
     """`inventory.show | head`: the reader goes away before the task writes."""
-    proc = subprocess.Popen([INVOKE, "inventory.show", "--inventory", "hosts/lab.yml"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([INVOKE, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()
     err = proc.stderr.read().decode()
