@@ -53,3 +53,12 @@ def test_inventory_comes_from_the_environment(tmp_path: Path) -> None:
     env = dict(os.environ, PICLUSTER_INVENTORY=str(tmp_path / "absent.yml"))
     out = invoke("inventory.check", env=env)
     assert out.returncode == 2 and "absent.yml: no such inventory file" in out.stderr
+
+
+def test_doctor_and_the_json_options_are_listed() -> None:
+    out = invoke("--list")
+    assert out.returncode == 0, out.stderr
+    assert any(line.split()[:1] == ["doctor"] for line in out.stdout.splitlines())
+    for task in ("versions", "inventory.show", "check", "cluster.status", "doctor"):
+        shown = invoke("--help", task)
+        assert shown.returncode == 0 and "--json" in shown.stdout, (task, shown.stderr)
