@@ -1,7 +1,7 @@
 """The apps stage's bare-metal part: Minio on the `s3` host, restic on every Pi - decisions from facts.
 
 And cluster.up's report of the stage: the hosts, then the controller's releases (an explicit skip here:
-no helm binary, no kubeconfig).
+no kubeconfig, so no helm is downloaded either).
 """
 
 from __future__ import annotations
@@ -240,8 +240,10 @@ def test_cluster_up_reports_the_releases_as_an_explicit_skip_without_helm(
     from picluster.stages import Stage
 
     path = [d for d in os.environ["PATH"].split(":") if d and not (Path(d) / "helm").exists()]
-    monkeypatch.setenv("PATH", ":".join(path))                      # the fact: no helm on PATH
-    monkeypatch.setenv("PICLUSTER_KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    monkeypatch.setenv("PATH", ":".join(path))                      # the facts: no helm on PATH,
+    monkeypatch.setenv("PICLUSTER_TOOLS_DIR", str(tmp_path / "tools"))   # none in the tools folder,
+    monkeypatch.delenv("PICLUSTER_HELM", raising=False)
+    monkeypatch.setenv("PICLUSTER_KUBECONFIG", str(tmp_path / "no-kubeconfig"))   # and no kubeconfig
     from picluster.remote.phases import HostPhase, RunOptions
 
     (apps,) = [s for s in STAGES if s.name == "apps"]
@@ -257,11 +259,13 @@ def test_cluster_up_reports_the_releases_as_an_explicit_skip_without_helm(
     assert outcome.result is not None
     controller = outcome.result.hosts[-1]
     assert controller.host == "controller" and controller.status == "ok"
-    assert controller.steps[0].reason.startswith("skipped: no helm binary on this controller")
+    assert [s.name for s in controller.steps] == ["helm releases"]     # no kubeconfig: helm is not downloaded
+    assert controller.steps[0].reason.startswith(f"skipped: no kubeconfig at {tmp_path / 'no-kubeconfig'}")
+    assert not (tmp_path / "tools").exists()
     console = Console(record=True, width=200)
     print_up(run, console=console)
     text = console.export_text()
-    assert "apps: skipped step on controller: helm releases: no helm binary on this controller" in text
+    assert "apps: skipped step on controller: helm releases: no kubeconfig at " in text
     assert "+1 skip" in text
 
 
