@@ -103,6 +103,36 @@ def wrap(script: str, *, sudo: bool, timeout: float | None = None) -> str:
     return "sudo -n " + line if sudo else line
 
 
+#: Transient units that run a change detached from its SSH session: the prefix, then a random id.
+UNIT_PREFIX = "picluster-run-"
+OUTPUT_DIR = "/run/picluster"
+
+
+def detached(script: str, unit: str, timeout: float | None = None) -> str:
+    """Return the command that runs `script` as the transient unit `unit` and waits for it, with its output.
+
+    The unit belongs to systemd, not to the SSH session: a controller that dies or a link that drops
+    leaves the change to finish on the host (a package install is never cut half-way), and the next run
+    waits for it (`picluster.remote.settle`). Without systemd (a plain container, the unit tests' sshd) the
+    script runs in the session as before.
+    """
+    out = f"{OUTPUT_DIR}/{unit}"
+    limit = f" -p RuntimeMaxSec={max(1, round(timeout))}" if timeout is not None else ""
+    return "\n".join([
+        "if ! command -v systemd-run >/dev/null 2>&1 || [ ! -d /run/systemd/system ]; then "
+        f"exec {wrap(script, sudo=False, timeout=timeout)}; fi",
+        "trap '' HUP PIPE",
+        f"mkdir -p -m 0700 {OUTPUT_DIR}",
+        "rc=0",
+        f"systemd-run --quiet --wait --collect --service-type=exec --unit={unit} "
+        f"--description='picluster: a change detached from its SSH session' -p StandardInput=null "
+        f"-p StandardOutput=file:{out}.out -p StandardError=file:{out}.err{limit} "
+        f"/bin/sh -c {shlex.quote(script)} || rc=$?",
+        f"cat {out}.out 2>/dev/null; cat {out}.err >&2 2>/dev/null; rm -f {out}.out {out}.err",
+        'exit "$rc"',
+    ])
+
+
 def probe_script(commands: Iterable[str], nonce: str) -> str:
     """Return one script that runs every probe and prints its stdout followed by a `nonce rc` line."""
     parts = ["export LC_ALL=C"]
@@ -124,18 +154,23 @@ def split_probes(stdout: str, names: list[str], nonce: str) -> dict[str, ProbeOu
 class Executor:
     """Reads facts and applies commands on one host; the only place a step's commands run."""
 
-    def __init__(self, c: Context, *, sudo: bool, command_timeout: float | None = None) -> None:
+    def __init__(self, c: Context, *, sudo: bool, command_timeout: float | None = None, detach: bool = False) -> None:
         self.c = c
         self.sudo = sudo
         self.command_timeout = command_timeout
+        self.detach = detach    # a change without stdin runs as a transient unit (see `detached`)
 
     def run(self, command: Command) -> tuple[str, str]:
         """Run one command; return (stdout, stderr) or raise `CommandFailed`."""
         limit = self.command_timeout
         stdin = stdin_of(command)
+        if self.detach and command.stdin is None and command.stdin_file is None:
+            line = wrap(detached(command.script, UNIT_PREFIX + secrets.token_hex(6), limit), sudo=self.sudo)
+        else:
+            line = wrap(command.script, sudo=self.sudo, timeout=limit)
         try:
             result = self.c.run(
-                wrap(command.script, sudo=self.sudo, timeout=limit),
+                line,
                 hide=True,
                 warn=True,
                 pty=False,
@@ -161,7 +196,11 @@ class Executor:
             return {}
         nonce = "@picluster-" + secrets.token_hex(8)
         script = probe_script(probes.values(), nonce)
-        stdout, _ = self.run(Command(script))
+        detach, self.detach = self.detach, False   # reads stay in the session: nothing to finish
+        try:
+            stdout, _ = self.run(Command(script))
+        finally:
+            self.detach = detach
         outputs = split_probes(stdout, list(probes), nonce)
         if outputs is None:
             raise CommandFailed(CommandError(script, 0, "unexpected probe output: " + stdout[-500:]))
@@ -214,14 +253,16 @@ def run_steps(
     run: HostRun,
     command_timeout: float | None = None,
     reboot: Callable[[str], Context] | None = None,
+    detach: bool = False,
 ) -> list[StepResult]:
     """Run `steps` in order on one host; stop after the first failed step.
 
     A command running longer than `command_timeout` seconds is stopped and fails its step. A step that
     scheduled a reboot (the `rebooting` mark) is followed by `reboot(old boot id)`, which waits until the
-    host is back and returns the new connection the later steps use.
+    host is back and returns the new connection the later steps use. With `detach`, changes run as transient
+    units that finish even when the session is gone.
     """
-    ex = Executor(c, sudo=sudo, command_timeout=command_timeout)
+    ex = Executor(c, sudo=sudo, command_timeout=command_timeout, detach=detach)
     results: list[StepResult] = []
     for step in steps:
         if run.stop.is_set():
@@ -248,7 +289,7 @@ def run_steps(
             results.append(StepResult("wait for the reboot", "failed", time.monotonic() - waited,
                                       message=f"{err}; then run the stage again"))
             break
-        ex = Executor(c, sudo=sudo, command_timeout=command_timeout)
+        ex = Executor(c, sudo=sudo, command_timeout=command_timeout, detach=detach)
         took = time.monotonic() - waited
         results.append(StepResult("wait for the reboot", "ok", took,
                                   reason=f"back after {took:.0f}s with a new boot id"))

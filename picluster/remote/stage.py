@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from fabric import Config, Connection
+from paramiko.ssh_exception import SSHException
 
 from picluster.remote.connect import DEFAULT_HOST_TIMEOUT, DEFAULT_TIMEOUT, Unreachable, connect
-from picluster.remote.execute import LOST, run_steps
+from picluster.remote.execute import LOST, CommandFailed, Executor, run_steps
 from picluster.remote.reboot import BOOT_WAIT_S, NotBack, wait_new_boot
 from picluster.remote.results import HostResult, HostStatus, StageFailed, StageResult, StepResult
-from picluster.remote.step import NEEDS_REBOOT, AnyStep, HostRun
+from picluster.remote.settle import describe, parse_settle, settle_script
+from picluster.remote.step import NEEDS_REBOOT, AnyStep, Command, HostRun
 from picluster.remote.target import HostLike
 
 H = TypeVar("H", bound=HostLike)
@@ -121,8 +123,12 @@ def run_host(
 
     try:
         sudo = conn.user != "root"
-        results = run_steps(conn, steps, sudo=sudo, dry_run=dry_run, run=run, command_timeout=command_timeout,
-                            reboot=reconnect_after_reboot)
+        results: list[StepResult] = []
+        if steps and not dry_run:
+            results, conn = settle(conn, host.name, run, sudo=sudo, reconnect=reconnect_after_reboot)
+        if not results or results[-1].status != "failed":
+            results += run_steps(conn, steps, sudo=sudo, dry_run=dry_run, run=run, command_timeout=command_timeout,
+                                 reboot=reconnect_after_reboot, detach=True)
     finally:
         for c in opened:
             c.close()
@@ -134,6 +140,45 @@ def run_host(
                     message=f"{host.name} stopped answering during step '{last.name}': check its power and "
                             f"network, then run again (only this host: --limit {host.name})")
     return done(status, steps=results)
+
+
+def settle(conn: Connection, name: str, run: HostRun, *, sudo: bool,
+           reconnect: Callable[[str], Connection]) -> tuple[list[StepResult], Connection]:
+    """Deal with what an earlier run that died left on the host (see `picluster.remote.settle`).
+
+    Return the result to show (none when the host was clean) and the connection to go on with.
+    """
+    step = "left by an earlier run"
+    start = time.monotonic()
+    try:
+        stdout, _ = Executor(conn, sudo=sudo).run(Command(settle_script()))
+    except CommandFailed as e:
+        return [StepResult(step, "failed", time.monotonic() - start, error=e.error)], conn
+    except (EOFError, ConnectionError, TimeoutError, SSHException) as e:
+        return [StepResult(step, "failed", time.monotonic() - start, message=f"{LOST}{type(e).__name__}: {e}")], conn
+    left = parse_settle(stdout)
+    if left.going_down:
+        try:
+            conn = reconnect(left.boot_id)
+        except NotBack as e:
+            took = time.monotonic() - start
+            return [StepResult(step, "failed", took, message=f"{e}; then run the stage again")], conn
+        return [StepResult(step, "ok", time.monotonic() - start,
+                           reason=f"{name} was going down (a reboot an earlier run scheduled): waited until it "
+                                  "was back")], conn
+    if left.busy:
+        units = ", ".join(left.busy)
+        return [StepResult(step, "failed", time.monotonic() - start,
+                           message=f"changes an earlier run started still run on {name} after {left.waited}s "
+                                   f"({units}); see `journalctl -u {left.busy[0]}` and run again when they are "
+                                   "done")], conn
+    said = describe(left)
+    if not said:
+        return [], conn
+    if left.cancelled:
+        run.marks.add(NEEDS_REBOOT)
+        return [StepResult(step, "changed", time.monotonic() - start, diff=said)], conn
+    return [StepResult(step, "ok", time.monotonic() - start, reason=said)], conn
 
 
 def _lost(step: StepResult) -> bool:

@@ -114,7 +114,7 @@ def test_a_connection_cut_mid_transfer_leaves_the_old_file(sshd: Sshd, tmp_path:
     """The connection dies half-way through a streamed 4 MiB file: the host keeps the old file, the host is
     reported as lost, and nothing is left behind."""
     from picluster.remote.connect import connect
-    from picluster.remote.execute import Executor
+    from picluster.remote.execute import CommandFailed, Executor
 
     big = tmp_path / "big"
     big.write_bytes(os.urandom(4 << 20))
@@ -123,10 +123,11 @@ def test_a_connection_cut_mid_transfer_leaves_the_old_file(sshd: Sshd, tmp_path:
     monkeypatch.setattr(execute_module, "stdin_of",
                         lambda command: _CutAfter(real_stdin_of(command), conn.transport, chunks=20))
     try:
-        with pytest.raises(Exception):   # noqa: B017 - whichever way the lost connection surfaces
+        with pytest.raises(CommandFailed) as lost:
             Executor(conn, sudo=False).run(write_command(str(old_file), big, mode=0o644, owner=None, group=None))
     finally:
         conn.close()
+    assert lost.value.error.exit_code == -1      # a channel closed without an exit status: the runner's "lost"
     assert _settled(old_file.parent) == []
     assert old_file.read_bytes() == b"old content\n"
 
@@ -286,3 +287,84 @@ def test_ctrl_c_stops_every_host_within_two_seconds_and_says_what_each_was_doing
     while threading.active_count() > threads_before and time.monotonic() < end:
         time.sleep(0.05)
     assert threading.active_count() <= threads_before, threading.enumerate()
+
+
+# --- what an earlier run left: the settle script run by a real shell, systemctl a stand-in ---------------------
+
+
+def _settle(tmp_path: Path, *, timers: str = "", units_for: int = 0, state: str = "running") -> tuple[str, str]:
+    """Run the settle script with a systemctl that lists `timers`, and one picluster unit for `units_for` polls."""
+    import subprocess
+
+    from picluster.remote.settle import settle_script
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True)
+    log = tmp_path / "calls"
+    count = tmp_path / "polls"
+    count.write_text("0")
+    (bin_dir / "systemctl").write_text(f"""#!/bin/sh
+echo "$*" >> {log}
+case "$1" in
+  is-system-running) echo {state};;
+  stop) ;;
+  list-units)
+    case "$*" in
+      *reboot*) [ -n "{timers}" ] && echo "{timers} loaded active waiting picluster: reboot";;
+      *picluster-run-*) n=$(cat {count}); echo $((n + 1)) > {count}
+         [ "$n" -lt {units_for} ] && echo "picluster-run-abc.service loaded active running picluster";;
+    esac;;
+esac
+exit 0
+""")
+    (bin_dir / "systemctl").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = subprocess.run(["sh", "-c", settle_script(wait_s=30)], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout, log.read_text()
+
+
+def test_a_stale_reboot_timer_is_cancelled_and_reported(tmp_path: Path) -> None:
+    from picluster.remote.settle import describe, parse_settle
+
+    out, calls = _settle(tmp_path, timers="picluster-reboot.timer")
+    left = parse_settle(out)
+    assert left.cancelled == ("picluster-reboot.timer",) and not left.busy and not left.going_down
+    assert "stop -- picluster-reboot.timer" in calls
+    assert describe(left).startswith("cancelled the reboot an earlier run scheduled and never saw through "
+                                     "(picluster-reboot.timer)")
+
+
+def test_changes_left_running_are_waited_for(tmp_path: Path) -> None:
+    from picluster.remote.settle import describe, parse_settle
+
+    out, _ = _settle(tmp_path, units_for=3)
+    left = parse_settle(out)
+    assert left.found == ("picluster-run-abc.service",) and left.busy == () and 2 <= left.waited <= 4
+    assert describe(left) == (f"waited {left.waited}s for changes an earlier run left running "
+                              "(picluster-run-abc.service)")
+
+
+def test_a_clean_host_says_nothing_and_a_host_going_down_is_seen(tmp_path: Path) -> None:
+    from picluster.remote.settle import describe, parse_settle
+
+    out, calls = _settle(tmp_path)
+    assert describe(parse_settle(out)) == "" and "stop" not in calls.split()
+    down, _ = _settle(tmp_path / "down", state="stopping")
+    assert parse_settle(down).going_down
+
+
+def test_a_change_runs_detached_only_where_systemd_runs(tmp_path: Path) -> None:
+    """Without systemd (here) the detached form runs the script in the session, with its timeout, exit code kept."""
+    import subprocess
+
+    from picluster.remote.execute import detached
+
+    done = subprocess.run(["sh", "-c", detached("echo out; echo err >&2; exit 3", "picluster-run-t", 5)],
+                          capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n")
+    slow = subprocess.run(["sh", "-c", detached("sleep 10", "picluster-run-t", 0.5)], capture_output=True, timeout=30)
+    assert slow.returncode == 124
+    script = detached("apt-get install x", "picluster-run-t", 1800)
+    assert "systemd-run --quiet --wait --collect --service-type=exec --unit=picluster-run-t" in script
+    assert "-p RuntimeMaxSec=1800" in script and "trap '' HUP PIPE" in script
