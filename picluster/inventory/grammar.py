@@ -46,7 +46,9 @@ SECRET_WHAT = "a secret name (A-Z, a-z, 0-9, _, - and ., not starting with - or 
 IMAGE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 IMAGE_WHAT = "an image name of hosts/images.yml (a-z, 0-9, ., _ and -)"
 # an SSID is 1-32 bytes; here printable, without quotes or backslashes, not padded with spaces
-SSID = re.compile(r"[^\x00-\x1f\x7f\"\\\s]([^\x00-\x1f\x7f\"\\]*[^\x00-\x1f\x7f\"\\\s])?")
+_SSID_CHAR = r"[^\x00-\x1f\x7f\x85\u2028\u2029\"\\]"
+_SSID_END = r"[^\x00-\x1f\x7f\x85\u2028\u2029\"\\\s]"
+SSID = re.compile(f"{_SSID_END}({_SSID_CHAR}*{_SSID_END})?")
 SSID_WHAT = "a Wi-Fi SSID (1 to 32 bytes, no control characters, quotes, backslashes or outer spaces)"
 CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 PATH_WHAT = "a file path without control characters or '${'"
