@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,10 +47,10 @@ def run_options(*, limit: str | None, dry_run: bool, parallel: int, airgap: str 
                    code=USAGE_ERROR)
     names = split_names(limit)
     only = split_names(releases)
-    return RunOptions(limit=frozenset(names) if names is not None else None, dry_run=dry_run, parallel=parallel,
-                      airgap=Path(bundle).expanduser().resolve() if bundle else None, progress=sys.stderr.isatty(),
-                      releases=tuple(only) if only is not None else None, releases_only=releases_only,
-                      **({"host_timeout": float(host_timeout)} if host_timeout is not None else {}))
+    options = RunOptions(limit=frozenset(names) if names is not None else None, dry_run=dry_run, parallel=parallel,
+                         airgap=Path(bundle).expanduser().resolve() if bundle else None, progress=sys.stderr.isatty(),
+                         releases=tuple(only) if only is not None else None, releases_only=releases_only)
+    return options if host_timeout is None else replace(options, host_timeout=float(host_timeout))
 
 
 def apply_stage(stage_name: str, inventory: str | None, options: RunOptions, *, verbose: bool,
