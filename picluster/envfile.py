@@ -1,9 +1,13 @@
 """Environment files that systemd's `EnvironmentFile=` and a shell's `set -a; . FILE` read the same way.
 
-Every value is single-quoted, a quote inside as `'\\''`: sh takes the quoted text literally, and systemd's
-env-file parser does the same (in single quotes nothing is special; a backslash outside quotes escapes the
-next character). So a password with `$(...)`, backticks, quotes, spaces or `#` reaches the program exactly
-as typed, and no value can start a second line: a control character is refused.
+Every value is single-quoted, and a single quote inside it is written as `"'"` between two single-quoted
+parts (`it's` is `'it'"'"'s'`). Both readers take single-quoted text literally and join adjacent quoted
+parts; no backslash is ever written, so the readers' different backslash rules (sh's, and systemd's, which
+changed between versions) never apply, and `'\\''` is not used: systemd reads a quote after a backslash
+literally and then no longer starts quoted text. So a password with `$(...)`, backticks, quotes, spaces,
+`\\` or `#` reaches the program exactly as typed (proven through dash and bash, and through systemd 252's
+own parser in `tests/unit/test_envfile.py`), and no value can start a second line: a control character is
+refused.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ def quote(value: str) -> str:
     """`value` single-quoted for sh and systemd alike; ValueError for a control character (a second line)."""
     if _CONTROL.search(value):
         raise ValueError("a value of an environment file holds a control character (a second line, a CR or a tab)")
-    return "'" + value.replace("'", "'\\''") + "'"
+    return "'" + value.replace("'", "'\"'\"'") + "'"
 
 
 def env_file(pairs: Iterable[tuple[str, str]]) -> str:
