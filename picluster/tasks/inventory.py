@@ -17,7 +17,8 @@ def check(c: Context, inventory: str | None = None) -> None:
     """Validate the inventory: exit 0 when it is usable, else one line saying what to fix and exit 2."""
     inv = load(inventory)
     roles = ", ".join(f"{h.name} ({h.role}, {h.ip})" for h in inv.hosts.values())
-    print(f"{inv.path}: ok: {len(inv.hosts)} hosts: {roles}")
+    devices = ", ".join(f"{d.name} ({d.ip})" for d in inv.devices.values())
+    print(f"{inv.path}: ok: {len(inv.hosts)} hosts: {roles}" + (f"; devices: {devices}" if devices else ""))
 
 
 @task(help={"inventory": INVENTORY_HELP, "json": "print the cluster and every host with its layered vars as JSON"})
@@ -35,6 +36,8 @@ def show(c: Context, inventory: str | None = None, json: bool = False) -> None:
         for key, value in h.vars.items():
             if value not in (None, ()):
                 print(f"    {key}: {value}")
+    for d in inv.devices.values():
+        print(f"\n{d.name}  device  {d.ip}  {d.mac or '(no MAC: a DNS record only)'}")
 
 
 def inventory_dict(inv: Inventory) -> dict[str, Any]:
@@ -51,4 +54,5 @@ def inventory_dict(inv: Inventory) -> dict[str, Any]:
         }
     return {"path": str(inv.path), "cluster": {"name": inv.cluster.name, "domain": inv.cluster.domain,
                                                 "lan": str(inv.cluster.lan.cidr)},
-            "hosts": hosts}
+            "hosts": hosts,
+            "devices": {d.name: {"ip": str(d.ip), "mac": d.mac} for d in inv.devices.values()}}
