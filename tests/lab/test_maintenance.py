@@ -17,6 +17,7 @@ import base64
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -146,6 +147,14 @@ def apt_repo(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
     server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", address, "--directory", str(repo),
                                str(REPO_PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     source = f"deb [trusted=yes] http://{address}:{REPO_PORT}/ ./"
+    deadline = time.monotonic() + 15
+    while True:     # listening before a node asks
+        try:
+            socket.create_connection((address, REPO_PORT), timeout=1).close()
+            break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "the repository's HTTP server did not start"
+            time.sleep(0.1)
 
     def prepare(host: Any) -> tuple[int, str]:
         pkgs = "picluster-demo picluster-held" + (" picluster-reboot-demo" if host.name in REBOOTERS else "")
