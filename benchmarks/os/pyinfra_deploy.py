@@ -11,6 +11,7 @@ from __future__ import annotations
 import shlex
 import time
 from io import StringIO
+from typing import Any
 
 from pyinfra import host
 from pyinfra.api import FunctionCommand, StringCommand, operation
@@ -35,22 +36,23 @@ def reboot_and_wait(timeout: float = 600) -> object:
     boot_id = "cat /proc/sys/kernel/random/boot_id"
     before: list[str] = []
 
-    def remember(state: object, h: object) -> None:
-        before.append(fact(boot_id))
+    # pyinfra passes (state, host) to a FunctionCommand's function when it names them so
+    def remember(state: object, host: Any) -> None:
+        before.append((host.get_fact(Command, command=boot_id) or "").strip())
 
-    def wait(state: object, h: object) -> None:
+    def wait(state: object, host: Any) -> None:
         deadline = time.monotonic() + timeout
         time.sleep(1)
         host.disconnect()
         while time.monotonic() < deadline:
             host.connect(show_errors=False)
             if host.connected:
-                now = host.get_fact(Command, command=boot_id + f" # {time.monotonic()}")  # not the cached fact
+                now = host.get_fact(Command, command=f"{boot_id} # {time.monotonic()}")  # never a cached fact
                 if now and now.strip() != before[0]:
                     return
                 host.disconnect()
             time.sleep(1)
-        raise RuntimeError(f"{name} did not come back within {timeout:.0f}s")
+        raise RuntimeError(f"{host.name} did not come back within {timeout:.0f}s")
 
     yield FunctionCommand(remember, (), {})
     yield StringCommand("( sleep 1 && systemctl reboot ) </dev/null >/dev/null 2>&1 &")
