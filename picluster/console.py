@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 # A pipe has no width: wide enough for any natural table, far below what would make rich slow.
 PIPE_WIDTH = 10_000
+# On a terminal, a word longer than this (a URL, a long version) may be folded over lines rather than force
+# the whole table into the one-value-per-line layout.
+FOLD_AT = 20
 # How a task ends when the reader of its output went away (`invoke inventory.show | head`): 128 + SIGPIPE.
 BROKEN_PIPE = 141
 
@@ -101,31 +104,35 @@ def _chrome(table: Table) -> int:
     return width
 
 
-def _measure(console: Console, table: Table) -> list[tuple[int, int]]:
-    """Per column: its narrowest (the longest word of any cell) and natural width (the longest cell)."""
+def _measure(console: Console, table: Table, fold_at: int = PIPE_WIDTH) -> list[tuple[int, int]]:
+    """Per column: its narrowest (the longest word of any cell, up to `fold_at`; the longest cell for a no_wrap
+    column, whose values are never broken) and natural width (the longest cell)."""
     from rich.measure import Measurement
 
     options = console.options.update_width(PIPE_WIDTH)
     found = []
     for column in table.columns:
         sizes = [Measurement.get(console, options, c) for c in (column.header, *column.cells)]
-        found.append((max(m.minimum for m in sizes), max(m.maximum for m in sizes)))
+        widest = max(m.maximum for m in sizes)
+        found.append((widest if column.no_wrap else min(fold_at, max(m.minimum for m in sizes)), widest))
     return found
 
 
-def min_width(console: Console, table: Table) -> int:
-    """The table's narrowest width with every cell wrapped at its words and no word cut."""
-    return sum(low for low, _ in _measure(console, table)) + _chrome(table)
+def min_width(console: Console, table: Table, fold_at: int = PIPE_WIDTH) -> int:
+    """The table's narrowest width: every cell wrapped at its words, only words over `fold_at` folded."""
+    return sum(low for low, _ in _measure(console, table, fold_at)) + _chrome(table)
 
 
 def fits(console: Console, table: Table) -> bool:
-    """True when the table's narrowest layout (every cell wrapped at its words) fits the console."""
-    return min_width(console, table) <= console.width
+    """True when the table's narrowest layout (cells wrapped, words over FOLD_AT folded) fits the console."""
+    return min_width(console, table, FOLD_AT) <= console.width
 
 
 def _fit(console: Console, table: Table) -> None:
-    """Give each column at least its longest word, and the room left in proportion to what it would use."""
-    sizes = _measure(console, table)
+    """Give each column at least its longest word (or FOLD_AT, when whole words cannot fit), and the room left in
+    proportion to what it would use."""
+    fold_at = PIPE_WIDTH if min_width(console, table) <= console.width else FOLD_AT
+    sizes = _measure(console, table, fold_at)
     room = console.width - _chrome(table)
     if sum(high for _, high in sizes) <= room:
         return
@@ -137,11 +144,11 @@ def _fit(console: Console, table: Table) -> None:
 
 
 def print_table(console: Console, table: Table) -> None:
-    """Print `table` whole: as a table when it fits (cells may wrap at their words), else as "column: value"
-    lines per row."""
+    """Print `table` whole: as a table when it fits (cells wrap at their words, folding only words too long for
+    any layout; no_wrap columns stay on one line), else as "column: value" lines per row."""
     if not console.is_terminal or fits(console, table):
         for column in table.columns:
-            column.no_wrap, column.overflow = False, "fold"
+            column.overflow = "fold"
         if console.is_terminal:
             _fit(console, table)
         console.print(table)

@@ -237,7 +237,7 @@ def print_status(run: StatusRun, console: Any = None) -> None:
     out = console or make_console()
     table = Table(title="cluster.status", title_justify="left")
     for column in ("host", "role", "ssh", "uptime", "k3s service", "k3s", "node", "kubelet", "os"):
-        table.add_column(column, no_wrap=True)
+        table.add_column(column, no_wrap=column in ("uptime", "k3s", "kubelet"))  # versions stay whole
     for h in run.hosts:
         ssh = "[green]yes[/]" if h.reachable else "[red]no[/]"
         service = {"active": "[green]active[/]", "": "-"}.get(h.service, f"[red]{h.service}[/]")

@@ -87,9 +87,9 @@ def _table(run: UpRun) -> Table:
     for o in run.outcomes:
         hosts += [h for h in o.hosts if h not in hosts]
     table = Table(title="cluster.up (dry run: nothing was changed)" if run.dry_run else "cluster.up")
-    table.add_column("host", no_wrap=True)
+    table.add_column("host")
     for o in run.outcomes:
-        table.add_column(o.stage.name, no_wrap=True)
+        table.add_column(o.stage.name)
     table.add_column("time", justify="right", no_wrap=True)
     for h in hosts:
         cells, total = [], 0.0

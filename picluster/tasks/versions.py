@@ -38,7 +38,7 @@ def _print_release(console: Console, v: Versions) -> None:
 
     table = Table(title=f"Release table ({v.path.name}); K3S pinned at {v.k3s}", title_justify="left")
     for column in ("Type", "Software", "Version", "Helm chart", "Notes"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "Version")  # a version is never broken over lines
     for row in v.release:
         note = REFERENCE_ONLY.get(row.software)
         style = "dim" if note else ""
@@ -78,7 +78,7 @@ def _print_repos(console: Console, v: Versions) -> None:
     print_table(console, charts)
     binaries = Table(title="Host binaries (outside Kubernetes)", title_justify="left")
     for column in ("Binary", "Version", "arm64 build", "Checked against"):
-        binaries.add_column(column)
+        binaries.add_column(column, no_wrap=column == "Version")
     for b in v.binaries.values():
         check = f"sha256 pinned for {', '.join(sorted(b.sha256))}" if b.sha256 else "no sha256 pinned: refused"
         binaries.add_row(b.name, b.version, b.url("arm64"), check)

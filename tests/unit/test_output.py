@@ -237,3 +237,19 @@ def test_check_json(tmp_path: Path, sshd: Sshd, stage: str) -> None:
     assert gate["stage"] == stage and gate["hosts"] == [LONG_UP]
     assert data["ok"] is (out.returncode == 0) and gate["ok"] is data["ok"]
     assert gate["passed"] + gate["failed"] + gate["skipped"] > 0
+
+
+@pytest.mark.parametrize("width", [80, 112, 160])
+def test_versions_on_a_terminal_of_any_width_keep_each_version_on_one_line(width: int) -> None:
+    from picluster.tasks.versions import _print_release
+
+    tty = Tty()
+    _print_release(make_console(file=tty, environ={"COLUMNS": str(width), "NO_COLOR": "1"}), load_versions())
+    text = tty.getvalue()
+    assert "…" not in text
+    listed = "Type: OS" in text.splitlines()  # too narrow for the table: one "column: value" line each
+    assert listed is (width == 80)
+    if not listed:
+        assert max(len(line) for line in text.splitlines()) <= width
+    for row in load_versions().release:
+        assert row.version in text, (width, row.version)
