@@ -312,8 +312,8 @@ async def test_the_plan_and_status_tasks(kmock: km.KubernetesEmulator, inv: Inve
     import subprocess
     import sys
 
-    env = dict(os.environ, PATH=f"{helm.path.parent}:{os.environ['PATH']}", PICLUSTER_KUBECONFIG=str(tools.kubeconfig),
-               COLUMNS="200")
+    env = dict(os.environ, PICLUSTER_HELM=str(helm.path), PICLUSTER_KUBECONFIG=str(tools.kubeconfig),
+               COLUMNS="200")                                   # the helm double instead of the pinned helm
     invoke = [sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT)]
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
