@@ -16,9 +16,30 @@ if TYPE_CHECKING:
 def check(c: Context, inventory: str | None = None) -> None:
     """Validate the inventory: exit 0 when it is usable, else one line saying what to fix and exit 2."""
     inv = load(inventory)
+    _check_images(inv)
     roles = ", ".join(f"{h.name} ({h.role}, {h.ip})" for h in inv.hosts.values())
     devices = ", ".join(f"{d.name} ({d.ip})" for d in inv.devices.values())
     print(f"{inv.path}: ok: {len(inv.hosts)} hosts: {roles}" + (f"; devices: {devices}" if devices else ""))
+
+
+def _check_images(inv: Inventory) -> None:
+    """Every host's `image` names an image of the catalog beside the inventory (as image.flash will ask)."""
+    named = [h for h in inv.hosts.values() if h.settings.image is not None]
+    if not named:
+        return
+    from invoke.exceptions import Exit
+
+    from picluster.stages.image.catalog import ImageError, catalog_path, load_catalog
+    from picluster.tasks._common import USAGE_ERROR
+
+    where = "vars.image"
+    try:
+        catalog = load_catalog(catalog_path(inv.path))
+        for h in named:
+            where = f"hosts.{h.name}: vars.image"
+            catalog.get(h.settings.image)
+    except ImageError as err:
+        raise Exit(f"error: {inv.path}: {where}: {err}", code=USAGE_ERROR) from None
 
 
 @task(help={"inventory": INVENTORY_HELP, "json": "print the cluster and every host with its layered vars as JSON"})

@@ -44,3 +44,16 @@ def test_check_names_the_devices() -> None:
     out = subprocess.run([INVOKE, "inventory.check"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "devices: switch (10.0.0.2), pimaster (10.0.0.10)" in out.stdout
+
+
+def test_check_refuses_an_image_the_catalog_does_not_have(tmp_path: Path) -> None:
+    data = yaml.safe_load((REPO / "hosts/inventory.yml").read_text())
+    data["hosts"]["node3"]["vars"] = {"image": "ubuntu-99.04"}
+    path = tmp_path / "inventory.yml"
+    path.write_text(yaml.safe_dump(data))
+    (tmp_path / "images.yml").write_text((REPO / "hosts" / "images.yml").read_text())   # the catalog beside it
+    out = subprocess.run([INVOKE, "inventory.check", "--inventory", str(path)], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2, out.stdout
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "hosts.node3: vars.image:" in lines[0] and "no image 'ubuntu-99.04'" in lines[0]
