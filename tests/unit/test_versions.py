@@ -123,6 +123,8 @@ def write(tmp_path: Path, mutate) -> Path:  # type: ignore[no-untyped-def]
     (lambda d: d["charts"]["fluentd"].update(chart_version="1"), "charts.fluentd.chart_version: unknown key"),
     (lambda d: d["charts"]["fluentd"].update(upstream="0.3.9"),
      "charts.fluentd.upstream: only a repackaged (bundled) chart has an upstream version"),
+    (lambda d: d["binaries"]["helm"].update(where="laptop"),
+     "binaries.helm.where: 'laptop': expected one of hosts, controller"),
     (lambda d: d.pop("repos"), "repos: missing"),
     (lambda d: d["release"][27].update(version="0.12.2"),
      "release[27].version: '0.12.2' is not binaries.restic.version '0.12.1'; make them one"),
