@@ -167,9 +167,9 @@ def add_node(inv: Inventory, name: str, options: RunOptions, *, watch: Watchers 
     plan += [(stage, [host]) for stage in (PREFLIGHT, by_name("os"), by_name("k3s"), by_name("apps"), ready)]
     outcomes: list[StageOutcome] = []
     for stage, hosts in plan:
-        if outcomes and outcomes[-1].failed:
-            outcomes.append(StageOutcome(stage, [h.name for h in hosts],
-                                         skipped=f"stage {outcomes[-1].stage.name} failed"))
+        failed = next((o.stage.name for o in outcomes if o.failed), None)
+        if failed is not None:
+            outcomes.append(StageOutcome(stage, [h.name for h in hosts], skipped=f"stage {failed} failed"))
             continue
         outcomes.append(run_stage_with_gate(inv, stage, hosts, options, watch=watch))
     return outcomes

@@ -193,3 +193,24 @@ def test_a_host_no_longer_listed_is_forgotten_through_the_gateway_stage(inv: Inv
     stage = forget_stage("node9")
     names = [p.name for p in stage.phases(inv, RunOptions())]
     assert names == ["forget the Node", "gateway"] and stage.roles == ("gateway",) and stage.gate == "gateway"
+
+
+def test_node_add_runs_the_gateway_stage_then_the_hosts_own_stages_and_stops_at_a_failure(
+        inv: Inventory, monkeypatch: pytest.MonkeyPatch) -> None:
+    from picluster.ops import nodes
+    from picluster.ops.up import StageOutcome
+    from picluster.remote.results import StageResult
+
+    ran: list[tuple[str, list[str]]] = []
+
+    def fake(inv: Inventory, stage: Any, hosts: Any, options: Any, watch: Any = None) -> StageOutcome:
+        ran.append((stage.name, [h.name for h in hosts]))
+        failed = HostResult(hosts[0].name, "failed", 0.0, [], "boom") if stage.name == "k3s" else None
+        result = StageResult(stage.name, False, 0.0, [failed] if failed else [])
+        return StageOutcome(stage, [h.name for h in hosts], result=result)
+
+    monkeypatch.setattr(nodes, "run_stage_with_gate", fake)
+    outcomes = nodes.add_node(inv, "node4", RunOptions())
+    assert ran == [("gateway", ["gateway"]), ("preflight", ["node4"]), ("os", ["node4"]), ("k3s", ["node4"])]
+    assert [(o.stage.name, o.skipped) for o in outcomes[4:]] == [("apps", "stage k3s failed"),
+                                                                 ("node-ready", "stage k3s failed")]
