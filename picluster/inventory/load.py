@@ -186,7 +186,9 @@ def _admin_user(r: _Reader, data: Any, where: str) -> model.AdminUser:
 def _public_key(r: _Reader, value: Any, where: str) -> str:
     """An OpenSSH public key line whose base64 blob really encodes a key of the named type."""
     what = "an OpenSSH public key line ('ssh-ed25519 AAAA... comment')"
-    key = r.word(value, where, g.KEY, what)
+    if not g.ssh_public_key_line(value):
+        raise r.fail(where, f"{g.shown(value)} is not {what}")
+    key = str(value)
     kind, blob = key.split(" ")[:2]
     try:
         raw = base64.b64decode(blob, validate=True)
@@ -216,7 +218,7 @@ def _host(r: _Reader, name: str, data: Any, cluster: model.Cluster,
     """One host; `shared` is the vars of all hosts and those of each group, which its own vars override."""
     where = f"hosts.{name}"
     if not g.LABEL.fullmatch(name):
-        raise r.fail(where, f"host name {g.shown(name)} is not {g.DNS_LABEL}")
+        raise r.fail(where, f"host name {g.shown(name)} is not a valid {g.DNS_LABEL[2:]}")
     h = r.mapping(data, where, required={"role", "ip", "mac", "boot_disk"},
                   optional={"data_partition", "wan", "vars"})
     role = h["role"]
@@ -240,7 +242,7 @@ def _device(r: _Reader, name: str, data: Any) -> model.Device:
     """A LAN device that is not a node: its name and address, and its MAC when it gets a DHCP reservation."""
     where = f"devices.{name}"
     if not g.LABEL.fullmatch(name):
-        raise r.fail(where, f"device name {g.shown(name)} is not {g.DNS_LABEL}")
+        raise r.fail(where, f"device name {g.shown(name)} is not a valid {g.DNS_LABEL[2:]}")
     d = r.mapping(data, where, required={"ip"}, optional={"mac"})
     mac = _mac(r, d["mac"], f"{where}.mac") if d.get("mac") is not None else None
     return model.Device(name=name, ip=r.ip(d["ip"], f"{where}.ip"), mac=mac)

@@ -133,7 +133,7 @@ INVALID = {
     "malformed key": (_set("cluster.admin_users", [{"name": "admin", "ssh_keys": ["ssh-ed25519 not a key!"]}]),
                       "cluster.admin_users[0].ssh_keys[0]", "OpenSSH public key"),
     "bad hostname": (lambda d: d["hosts"].update({"Node_5": copy.deepcopy(d["hosts"]["node2"]) | {
-        "ip": "10.0.0.15", "mac": "dc:a6:32:00:00:15"}}), "hosts.Node_5", "is not a DNS label"),
+        "ip": "10.0.0.15", "mac": "dc:a6:32:00:00:15"}}), "hosts.Node_5", "not a valid DNS label"),
     "critical >= grace": (_set("vars.kubelet_shutdown_grace_period_critical_pods", "30s"),
                           "kubelet_shutdown_grace_period_critical_pods", "no time for ordinary pods"),
     "reversed range": (_set("cluster.lan.dhcp_range", ["10.0.0.99", "10.0.0.32"]), "cluster.lan.dhcp_range",

@@ -160,8 +160,8 @@ def test_a_device_is_validated_like_a_host(tmp_path: Path, case: str) -> None:
     assert where in str(err.value) and problem in str(err.value), str(err.value)
 
 
-@pytest.mark.parametrize(("name", "problem"), [("node1", "already a host's name"), ("Switch", "not a DNS label"),
-                                               ("sw\n", "not a DNS label")])
+@pytest.mark.parametrize(("name", "problem"), [("node1", "already a host's name"), ("Switch", "not a valid DNS label"),
+                                               ("sw\n", "not a valid DNS label")])
 def test_a_device_name_is_a_label_of_its_own(tmp_path: Path, name: str, problem: str) -> None:
     data = _data()
     data["devices"] = {name: {"ip": "10.0.0.3"}}
