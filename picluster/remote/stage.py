@@ -56,6 +56,7 @@ class Live:
     def interrupt(self, names: Sequence[str]) -> str:
         """Stop every host now (no new step, connections closed); return what each host was doing, one line."""
         with self.lock:
+            begun = set(self.runs)
             for name in names:
                 self.runs.setdefault(name, HostRun()).stop.set()
             conns = [c for cs in self.conns.values() for c in cs]
@@ -67,7 +68,8 @@ class Live:
             done, step = state[name]
             parts.append(f"{name} had finished" if done else
                          f"{name} stopped in step '{step}' (it may be half-done; work the host runs detached "
-                         "completes on its own)" if step else f"{name} stopped between steps")
+                         "completes on its own)" if step else
+                         f"{name} stopped between steps" if name in begun else f"{name} had not started")
         return "interrupted: " + "; ".join(parts) + ". Run the same command again: it picks up from there."
 
 
