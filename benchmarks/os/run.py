@@ -130,6 +130,7 @@ def run_ansible(inv: Any, ansible_bin: Path) -> dict[str, Any]:
         tail = "\n".join(proc.stdout.splitlines()[-40:])
         print(f"ansible-playbook exited {proc.returncode}:\n{tail}\n{proc.stderr[-2000:]}", file=sys.stderr)
     return {"tool": "ansible", "wall": round(wall, 2), "rc": proc.returncode, "recap": recap,
+            "changed": sum(r["changed"] for r in recap.values()),
             "ssh_execs": dict(execs), "changed_tasks": changed_tasks}
 
 
@@ -292,40 +293,60 @@ def compare(inventory: str, ansible_bin: Path | None, pyinfra_bin: Path) -> dict
         timed(f"{name}_first", run)
         timed(f"{name}_again", run)
         timed(f"{name}_again2", run)
-    # every tool once more on the same converged lab (picluster's), back to back
+    # every tool once more on the lab the last one converged, back to back (another tool's converged state
+    # may differ in details, so these runs may change something: they are not the idempotent figures)
     for name, run in tools:
         timed(f"{name}_on_converged", run)
     lab("down", inventory)
-
-    def best_again(name: str) -> float:
-        return min(figures[f"{name}_{k}"]["wall"] for k in ("again", "again2", "on_converged"))
-
-    p_first, y_first = figures["picluster_first"]["wall"], figures["pyinfra_first"]["wall"]
-    summary: dict[str, Any] = {
-        "first_run_s": {name: figures[f"{name}_first"]["wall"] for name, _ in tools},
-        "idempotent_s (best of 3)": {name: best_again(name) for name, _ in tools},
-        "idempotent_changes": {name: figures[f"{name}_on_converged"].get("changed") for name, _ in tools},
-        "idempotent_vs_pyinfra": [_ratio(best_again("picluster"), best_again("pyinfra")),
-                                  f"target <= {TARGET_IDEMPOTENT_VS_PYINFRA}"],
-        "first_vs_pyinfra": [_ratio(p_first, y_first), f"target <= {TARGET_FIRST_VS_PYINFRA}"],
-        "ssh_sessions_per_host_idempotent": {
-            "picluster": figures["picluster_on_converged"].get("ssh_sessions"),
-            "pyinfra": figures["pyinfra_on_converged"].get("ssh_sessions"),
-        },
-        "load_1min": {k: v["load"] for k, v in figures.items()},
-    }
-    if ansible_bin is not None:
-        summary["first_vs_ansible"] = [_ratio(p_first, figures["ansible_first"]["wall"]),
-                                       f"target <= {TARGET_FIRST_VS_ANSIBLE}"]
-        summary["idempotent_vs_ansible"] = _ratio(best_again("picluster"), best_again("ansible"))
-        summary["ssh_sessions_per_host_idempotent"]["ansible"] = figures["ansible_on_converged"]["ssh_execs"]
-    figures["summary"] = summary
+    figures["summary"] = summarize(figures)
     return figures
+
+
+def _changes(run: dict[str, Any]) -> int | None:
+    if run.get("changed") is None and "recap" in run:
+        return sum(r["changed"] for r in run["recap"].values())
+    return run.get("changed")
+
+
+def idempotent(figures: dict[str, Any], name: str) -> float | None:
+    """The tool's fastest re-run on its own converged lab that changed nothing (None if none did)."""
+    runs = [figures.get(f"{name}_{k}") for k in ("again", "again2")]
+    walls = [r["wall"] for r in runs if r and _changes(r) == 0 and not r.get("rc")]
+    return min(walls) if walls else None
+
+
+def summarize(figures: dict[str, Any]) -> dict[str, Any]:
+    """The figures beside the targets, as ratios; each with the load average when it started."""
+    tools = [t for t in ("picluster", "pyinfra", "ansible") if f"{t}_first" in figures]
+    first = {t: figures[f"{t}_first"]["wall"] for t in tools}
+    again = {t: idempotent(figures, t) for t in tools}
+    summary: dict[str, Any] = {
+        "first_run_s": first,
+        "first_run_changes": {t: _changes(figures[f"{t}_first"]) for t in tools},
+        "first_run_failed": {t: figures[f"{t}_first"].get("failed_ops") or figures[f"{t}_first"].get("rc") or None
+                             for t in tools},
+        "idempotent_s (fastest 0-change re-run)": again,
+        "load_1min": {k: v["load"] for k, v in figures.items() if isinstance(v, dict) and "load" in v},
+        "ssh_sessions_per_host_idempotent": {
+            t: figures[f"{t}_again2"].get("ssh_sessions") or figures[f"{t}_again2"].get("ssh_execs") for t in tools},
+    }
+    if "pyinfra" in tools:
+        p, y = again["picluster"], again["pyinfra"]
+        summary["idempotent_vs_pyinfra"] = [_ratio(p, y) if p and y else None,
+                                            f"target <= {TARGET_IDEMPOTENT_VS_PYINFRA}"]
+        summary["first_vs_pyinfra"] = [_ratio(first["picluster"], first["pyinfra"]),
+                                       f"target <= {TARGET_FIRST_VS_PYINFRA}"]
+    if "ansible" in tools:
+        summary["first_vs_ansible"] = [_ratio(first["picluster"], first["ansible"]),
+                                       f"target <= {TARGET_FIRST_VS_ANSIBLE}"]
+        p, a = again["picluster"], again["ansible"]
+        summary["idempotent_vs_ansible"] = _ratio(p, a) if p and a else None
+    return summary
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["compare", "picluster", "ansible", "pyinfra"])
+    parser.add_argument("mode", choices=["compare", "picluster", "ansible", "pyinfra", "summarize"])
     parser.add_argument("--inventory", required=True)
     parser.add_argument("--ansible", default="/tmp/ansible-venv/bin", help="directory of ansible-playbook")
     parser.add_argument("--no-ansible", action="store_true", help="compare picluster with pyinfra only")
@@ -335,7 +356,9 @@ def main() -> int:
     args = parser.parse_args()
     from picluster.inventory import load_inventory
 
-    if args.mode == "compare":
+    if args.mode == "summarize":  # again, from the JSON a compare wrote (--inventory names that file)
+        figures = {"summary": summarize(json.loads(Path(args.inventory).read_text()))}
+    elif args.mode == "compare":
         figures = compare(args.inventory, None if args.no_ansible else Path(args.ansible), Path(args.pyinfra))
     elif args.mode == "ansible":
         figures = run_ansible(load_inventory(args.inventory), Path(args.ansible))
