@@ -29,6 +29,8 @@ from picluster.ops.check import ssh_config
 from picluster.remote.phases import HostPhase, RunOptions
 from picluster.stages import PREFLIGHT, STAGES, gateway
 from picluster.stages import os as os_stage
+from picluster.stages.apps.render import Renderer
+from picluster.stages.apps.spec import load_releases
 from picluster.stages.k3s.config import config_yaml
 
 # no shrinking: an inventory is a large example and a failure is read from its values as found. Planning
@@ -135,7 +137,8 @@ def rendered(inv: Inventory) -> dict[str, str]:
 
 
 def plan_every_stage(inv: Inventory) -> int:
-    """Build every host step of every stage (a dry run: no secret or CA is made); return how many."""
+    """Build every host step of every stage (a dry run: no secret or CA is made) and render every Helm
+    release's values and manifests; return how many steps and releases."""
     count = 0
     with secrets.dry_run():
         for stage in (PREFLIGHT, *STAGES):
@@ -143,6 +146,11 @@ def plan_every_stage(inv: Inventory) -> int:
                 if isinstance(phase, HostPhase):
                     for host in inv.select(roles=stage.roles):
                         count += len(phase.plan(host))
+    releases = load_releases()
+    renderer = Renderer(inv, releases, secret=lambda name: f"<secret {name}>", pki=None)
+    for release in releases.ordered():
+        renderer.render(release)
+        count += 1
     return count
 
 
