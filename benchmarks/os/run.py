@@ -175,6 +175,11 @@ def run_picluster_here(inv: Any, stages: tuple[str, ...] = ("os", "gateway")) ->
                          for h in result.failures],
             "sessions": {address.get(k, k): v - before.get(k, 0) for k, v in counts.items()
                          if v - before.get(k, 0)},
+            # where a host's time went: each step (one round trip, or a batch's), the rest is connecting
+            "per_host": {h.host: {"wall": round(h.duration, 2),
+                                  "outside_steps": round(h.duration - sum(st.duration for st in h.steps), 2),
+                                  "steps": {st.name: round(st.duration, 3) for st in h.steps}}
+                         for h in result.hosts},
         }
     out["wall_in_process"] = round(time.monotonic() - start, 2)
     out["ssh_sessions"] = {address.get(k, k): v for k, v in counts.items()}
