@@ -92,7 +92,7 @@ def test_a_node_dropping_off_mid_upload_keeps_its_old_file_and_the_other_finishe
         assert on_node(lab, h.name, f"printf 'old\\n' > {target}").returncode == 0
     big = tmp_path / "big"
     with big.open("wb") as f:
-        for _ in range(48):
+        for _ in range(192):   # long enough to be cut half-way on a fast bridge
             f.write(os.urandom(1 << 20))
 
     def cut() -> None:   # the victim's cable pulled once its upload is well under way
@@ -122,8 +122,12 @@ def test_a_node_dropping_off_mid_upload_keeps_its_old_file_and_the_other_finishe
     from picluster.state._fs import sha256_of
 
     assert digest == sha256_of(big)
-    # once the link is back, the host's side of the cut transfer ends: the digest differs, the old file stays
-    deadline = time.monotonic() + 120
+    assert on_node(lab, victim.name, f"cat {target}").stdout == "old\n"
+    # the node's side of the session waits for more input until its sshd gives up on the dead link (no
+    # ClientAlive probes on a fresh node); end it as sshd would: the input ends, the digest differs, the
+    # temporary file goes and the old file stays
+    on_node(lab, victim.name, "pkill -x base64")
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         left = on_node(lab, victim.name, f"ls {target}.picluster-* 2>/dev/null | wc -l; cat {target}")
         if left.returncode == 0 and left.stdout.split()[0] == "0":
