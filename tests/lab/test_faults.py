@@ -124,9 +124,11 @@ def test_a_node_dropping_off_mid_upload_keeps_its_old_file_and_the_other_finishe
     assert digest == sha256_of(big)
     assert on_node(lab, victim.name, f"cat {target}").stdout == "old\n"
     # the node's side of the session waits for more input until its sshd gives up on the dead link (no
-    # ClientAlive probes on a fresh node); end it as sshd would: the input ends, the digest differs, the
-    # temporary file goes and the old file stays
-    on_node(lab, victim.name, "pkill -x base64")
+    # ClientAlive probes on a fresh node); end that session as sshd would (its pipes close: the input ends
+    # early), and the digest differs: the temporary file goes and the old file stays
+    on_node(lab, victim.name, "p=$(pgrep -x base64 | head -n1); while [ -n \"$p\" ] && [ \"$p\" != 1 ] && "
+                              "[ \"$(cat /proc/$p/comm)\" != sshd ]; do p=$(ps -o ppid= -p \"$p\" | tr -d ' '); "
+                              "done; [ -n \"$p\" ] && [ \"$p\" != 1 ] && kill -9 \"$p\"")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         left = on_node(lab, victim.name, f"ls {target}.picluster-* 2>/dev/null | wc -l; cat {target}")
