@@ -91,15 +91,10 @@ def check_python(version: Sequence[int] | None = None, requires: str | None = No
 
 
 def find_helm() -> str | None:
-    """The helm the apps stage uses: its own pinned one ($PICLUSTER_HELM, the tools folder) where the stage
-    manages one, else the one on PATH."""
-    import shutil
+    """The helm the apps stage uses: $PICLUSTER_HELM, else its pinned build in the tools folder (never PATH's)."""
+    from picluster.stages.apps import tools
 
-    try:
-        from picluster.stages.apps import tools
-    except ImportError:
-        return shutil.which("helm")
-    return tools.installed_helm() or shutil.which("helm")
+    return tools.installed_helm()
 
 
 def _managed_helm() -> str:
