@@ -301,9 +301,12 @@ def main() -> int:
     parser.add_argument("--sizes", default="5,10,25", help="lab sizes, comma-separated; the first is the base")
     parser.add_argument("--no-full", action="store_true", help="skip the full cluster.up at the first size")
     parser.add_argument("--output", help="also write every figure as JSON here")
+    parser.add_argument("--previous", help="the JSON of an earlier run whose sizes (from the first) come first")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    if sizes[0] != BASE_NODES or any(s < BASE_NODES for s in sizes):
+    previous = json.loads(Path(args.previous).read_text()) if args.previous else []
+    previous = [r for r in previous if r["nodes"] not in sizes]
+    if ([r["nodes"] for r in previous] + sizes)[0] != BASE_NODES or any(s < BASE_NODES for s in sizes):
         parser.error(f"sizes start at {BASE_NODES}, the base lab")
     from picluster.lab.grow import grown_inventory
 
@@ -312,9 +315,9 @@ def main() -> int:
     # from a lab that is down: the largest inventory names every node any size may have left
     subprocess.run([str(INVOKE), "lab.down", "--inventory", str(grown_inventory(args.inventory, max(sizes) - 5))
                     if max(sizes) > BASE_NODES else args.inventory], cwd=REPO, check=False, capture_output=True)
-    results = []
-    for i, size in enumerate(sizes):
-        results.append(measure(size, args.inventory, full=i == 0 and not args.no_full, work=work))
+    results = list(previous)
+    for size in sizes:
+        results.append(measure(size, args.inventory, full=not results and not args.no_full, work=work))
         if args.output:
             Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     growth_table(results)

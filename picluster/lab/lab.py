@@ -23,7 +23,7 @@ from typing import Any
 import picluster
 from picluster.cloudinit import HostKey
 from picluster.inventory import Host, Inventory, load_inventory
-from picluster.lab import base, keys, network, node, prereqs, proxy, wan
+from picluster.lab import base, keys, limits, network, node, prereqs, proxy, wan
 from picluster.lab.common import LabError, all_pids, pid_cmdline, read_json, write_json
 from picluster.lab.node import NodePaths
 from picluster.lab.ready import READY_STATES as READY_STATES  # where it was before
@@ -144,6 +144,11 @@ class Lab:
         proxy_pid = proxy.start(self.proxy_dir, address, port, base.archive_urls())
         state = read_json(self.state_file)
         state.update(bridge=self.bridge, base=str(lower), proxy_pid=proxy_pid, nodes=state.get("nodes", {}))
+        found = limits.raise_inotify(len(self.hosts))
+        if found is not None:  # the first raise is the host's own value; a later (bigger) lab keeps that one
+            state.setdefault("inotify_instances_found", found)
+            self._say(f"[bold]lab[/]: fs.inotify.max_user_instances {found} -> "
+                      f"{limits.needed_instances(len(self.hosts))} for {len(self.hosts)} nodes (lab.down restores it)")
         write_json(self.state_file, state)
         booting = []
         # Each node's link and disk, a bounded number at once; each node starts as soon as its disk is ready.
@@ -404,6 +409,8 @@ class Lab:
         if not keep_disks:
             for h in self.hosts:
                 node.wipe(self.paths(h.name))
+        if limits.restore_inotify(read_json(self.state_file).get("inotify_instances_found")):
+            removed.append("raised fs.inotify.max_user_instances (restored)")
         self.state_file.unlink(missing_ok=True)
         return removed
 

@@ -268,3 +268,19 @@ def test_lab_tasks_take_agents_and_write_the_grown_inventory(tmp_path: Path) -> 
     assert bad.returncode == 2 and "between 0 and 200" in bad.stderr
     for name in ("up", "down", "status", "inventory"):
         assert "agents" in [a.name for a in lab_tasks.ns[name].get_arguments()], name
+
+
+def test_a_big_lab_raises_the_hosts_inotify_instances_and_puts_the_value_back(tmp_path: Path) -> None:
+    from picluster.lab import limits
+
+    knob = tmp_path / "max_user_instances"
+    knob.write_text("128\n")
+    assert limits.needed_instances(25) > 128 + 8 * 25, "each node's systemd needs about 8"
+    found = limits.raise_inotify(25, knob)
+    assert found == 128 and int(knob.read_text()) == limits.needed_instances(25)
+    assert limits.raise_inotify(5, knob) is None, "never lowered"
+    assert int(knob.read_text()) == limits.needed_instances(25)
+    assert limits.restore_inotify(found, knob) and knob.read_text() == "128\n"
+    assert not limits.restore_inotify(None, knob), "nothing raised, nothing restored"
+    knob.write_text("100000\n")
+    assert limits.raise_inotify(25, knob) is None and knob.read_text() == "100000\n"
