@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -50,8 +51,9 @@ def lab() -> Iterator[Any]:
 
 def on_node(lab: Any, name: str, script: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run `script` as root on the node."""
-    return subprocess.run(lab.ssh_argv(name, ["sudo", "-n", "sh", "-c", script]), capture_output=True, text=True,
-                          timeout=timeout)
+    # ssh hands the remote shell one string: the script is quoted for it
+    return subprocess.run(lab.ssh_argv(name, ["sudo", "-n", "sh", "-c", shlex.quote(script)]), capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def link(lab: Any, name: str, state: str) -> None:
