@@ -8,13 +8,15 @@ the whole table.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from picluster.yamlfile import Checker, read_yaml
 
+T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VERSIONS = REPO_ROOT / "k8s" / "versions.yml"
 
@@ -373,18 +375,18 @@ def binary(name: str) -> Binary:
 def script(name: str) -> Script:
     """The pinned script `name` (e.g. "k3s-install") from k8s/versions.yml; its sha256 is "" until pinned."""
     versions = _default()
-    try:
-        return versions.scripts[name]
-    except KeyError:
-        raise VersionsError(f"{versions.path}: scripts.{name}: no such script; known: "
-                            f"{', '.join(sorted(versions.scripts)) or 'none'}") from None
+    return _named(versions.scripts, name, f"{versions.path}: scripts", "script")
 
 
 def repo_url(name: str) -> str:
     """The URL of the Helm repo `name` (e.g. "jetstack") from k8s/versions.yml."""
     versions = _default()
+    return _named(versions.repos, name, f"{versions.path}: repos", "repo")
+
+
+def _named(table: Mapping[str, T], name: str, where: str, what: str) -> T:
+    """`table[name]`, or a VersionsError naming the known ones."""
     try:
-        return versions.repos[name]
+        return table[name]
     except KeyError:
-        raise VersionsError(f"{versions.path}: repos.{name}: no such repo; known: "
-                            f"{', '.join(sorted(versions.repos))}") from None
+        raise VersionsError(f"{where}.{name}: no such {what}; known: {', '.join(sorted(table)) or 'none'}") from None

@@ -62,7 +62,7 @@ def test_a_dashboard_that_cannot_be_had_is_one_line_and_nothing_is_cached(
     with pytest.raises(dashboards.DashboardError) as err:
         dashboards.fetch(tmp_path, gone)
     assert str(err.value).startswith(f"dashboard gone (grafana.com 99999 revision 3): cannot download "
-                                     f"{grafana_com.url}/api/dashboards/99999/revisions/3/download: Not Found")
+                                     f"{grafana_com.url}/api/dashboards/99999/revisions/3/download: HTTP 404 Not Found")
     assert "\n" not in str(err.value) and not list(tmp_path.iterdir())
     with socket.socket() as s:                      # a port nobody listens on: connection refused
         s.bind(("127.0.0.1", 0))

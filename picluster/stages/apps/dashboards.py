@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from picluster.localfs import write_atomic
+from picluster.stages.apps import fetch as bounded
 from picluster.versions import GrafanaDashboard
 
 GRAFANA_COM = "https://grafana.com"
@@ -64,14 +63,10 @@ def fetch(folder: Path, d: GrafanaDashboard) -> dict[str, Any]:
         return have
     url = download_url(d)
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
-            raw = response.read(MAX_BYTES + 1)
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", None) or err
-        raise DashboardError(f"dashboard {d.name} ({d.label}): cannot download {url}: {reason}; the controller "
-                             f"needs to reach grafana.com (or a mirror in ${SITE_ENV})") from None
-    if len(raw) > MAX_BYTES:
-        raise DashboardError(f"dashboard {d.name} ({d.label}): {url} sent more than {MAX_BYTES} bytes")
+        raw = bounded.fetch(url, timeout=TIMEOUT_S, max_bytes=MAX_BYTES)
+    except bounded.FetchFailed as err:
+        raise DashboardError(f"dashboard {d.name} ({d.label}): cannot download {url}: {err.reason}; the "
+                             f"controller needs to reach grafana.com (or a mirror in ${SITE_ENV})") from None
     data = _parse(d, raw, url)
     write_atomic(cache_path(folder, d), raw)
     return data

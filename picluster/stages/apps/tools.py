@@ -15,11 +15,10 @@ import io
 import os
 import platform
 import tarfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from picluster.localfs import write_atomic
+from picluster.stages.apps.fetch import FetchFailed, fetch
 from picluster.versions import REPO_ROOT, Binary, binary
 
 TOOLS_ENV = "PICLUSTER_TOOLS_DIR"
@@ -84,17 +83,12 @@ def download_url(pinned: Binary, arch: str) -> str:
 
 def _download(url: str) -> bytes:
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
-            data: bytes = response.read(MAX_BYTES + 1)
-    except urllib.error.HTTPError as err:
-        raise ToolError(f"cannot download {url}: HTTP {err.code} {err.reason}") from None
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", None) or err
-        raise Unreachable(f"cannot download {url}: {reason}; the controller needs to reach that site (or a mirror "
-                          f"in ${SITE_ENV}), or set ${HELM_ENV} to a helm you installed yourself") from None
-    if len(data) > MAX_BYTES:
-        raise ToolError(f"{url} sent more than {MAX_BYTES} bytes")
-    return data
+        return fetch(url, timeout=TIMEOUT_S, max_bytes=MAX_BYTES)
+    except FetchFailed as err:
+        if not err.unreachable:
+            raise ToolError(f"cannot download {url}: {err.reason}") from None
+        raise Unreachable(f"cannot download {url}: {err.reason}; the controller needs to reach that site (or a "
+                          f"mirror in ${SITE_ENV}), or set ${HELM_ENV} to a helm you installed yourself") from None
 
 
 def _member(tarball: bytes, name: str, url: str) -> bytes:
