@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from invoke.context import Context
-from invoke.exceptions import CommandTimedOut
+from invoke.exceptions import CommandTimedOut, ThreadException
 from paramiko.ssh_exception import SSHException
 
 from picluster.remote.reboot import REBOOTING, NotBack, rebooting_from
@@ -231,6 +231,10 @@ def run_step(ex: Executor, step: AnyStep, run: HostRun, *, dry_run: bool) -> Ste
         status, error, message = "failed", None, str(e)
     except (EOFError, ConnectionError, TimeoutError, SSHException) as e:
         status, error, message = "failed", None, f"{LOST}{type(e).__name__}: {e}"
+    except ThreadException as e:   # NOTE: the link died while a thread streamed stdin (a cut upload)
+        lost = [t.value for t in e.exceptions if isinstance(t.value, (EOFError, OSError, SSHException))]
+        why = f"{type(lost[0]).__name__}: {lost[0]}" if lost else "ThreadException: " + " ".join(str(e).split())[:200]
+        status, error, message = "failed", None, (LOST if lost else "") + why
     except Exception as e:  # NOTE: one broken step must not stop the other hosts
         status, error, message = "failed", None, f"{type(e).__name__}: {e}"
     return StepResult(
