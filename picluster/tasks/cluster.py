@@ -8,7 +8,7 @@ from invoke import Context, task
 from invoke.exceptions import Exit
 
 from picluster.tasks._common import INVENTORY_HELP, USAGE_ERROR, load, require_reachable, split_names
-from picluster.tasks._stage import AIRGAP_HELP, run_options
+from picluster.tasks._stage import AIRGAP_HELP, APPLY_HELP, run_options
 
 if TYPE_CHECKING:
     from picluster.inventory import Host, Inventory
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         "verbose": "show each step's reason or diff",
         "report": "also write the result as JSON to this file",
         "airgap": AIRGAP_HELP,
+        "host-timeout": APPLY_HELP["host-timeout"],
     },
 )
 def up(
@@ -40,6 +41,7 @@ def up(
     verbose: bool = False,
     report: str | None = None,
     airgap: str | None = None,
+    host_timeout: float | None = None,
 ) -> None:
     """Bring the cluster up: preflight, then os → gateway → k3s → apps, each followed by its checks."""
     from picluster import stages as stage_catalog
@@ -51,7 +53,8 @@ def up(
     from picluster.report import write_report
 
     inv = load(inventory)
-    options = run_options(limit=limit, dry_run=dry_run, parallel=parallel, airgap=airgap)
+    options = run_options(limit=limit, dry_run=dry_run, parallel=parallel, airgap=airgap,
+                          host_timeout=_positive("host-timeout", host_timeout))
     try:
         stages = stage_catalog.select(split_names(only), from_)
     except ValueError as err:
