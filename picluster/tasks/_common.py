@@ -50,3 +50,14 @@ def split_names(value: str | None) -> list[str] | None:
     if value is None:
         return None
     return [part.strip() for part in value.split(",") if part.strip()]
+def positive(name: str, value: float | str) -> float:
+    """A duration option as seconds (Invoke passes untyped options as text); exit 2 unless a number > 0."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise Exit(f"error: --{name} must be a number of seconds, not {value!r}", code=USAGE_ERROR) from None
+    if seconds <= 0:
+        raise Exit(f"error: --{name} must be more than 0 seconds", code=USAGE_ERROR)
+    return seconds
+
+

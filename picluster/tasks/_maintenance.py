@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from invoke.exceptions import Exit
 
-from picluster.tasks._common import USAGE_ERROR, load, require_reachable
+from picluster.tasks._common import USAGE_ERROR, load, positive, require_reachable
 
 if TYPE_CHECKING:
     from picluster.inventory import Host, Inventory
@@ -69,17 +69,6 @@ def run_stage_task(inv: Inventory, stage: Stage, hosts: list[Host], options: Run
     if not print_gate(outcome):
         raise Exit(f"{stage.name} ran, but its checks failed: see above", code=1)
     return outcome
-
-
-def positive(name: str, value: float | str) -> float:
-    """A duration option as seconds (Invoke passes untyped options as text); exit 2 unless a number > 0."""
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise Exit(f"error: --{name} must be a number of seconds, not {value!r}", code=USAGE_ERROR) from None
-    if seconds <= 0:
-        raise Exit(f"error: --{name} must be more than 0 seconds", code=USAGE_ERROR)
-    return seconds
 
 
 def one_host(inventory: str | None, name: str) -> tuple[Inventory, Host]:

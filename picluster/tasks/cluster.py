@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from picluster.tasks._common import INVENTORY_HELP, USAGE_ERROR, load, require_reachable, split_names
+from picluster.tasks._common import INVENTORY_HELP, USAGE_ERROR, load, positive, require_reachable, split_names
 from picluster.tasks._stage import AIRGAP_HELP, APPLY_HELP, run_options
 
 if TYPE_CHECKING:
@@ -112,16 +112,8 @@ def _hosts(inventory: str | None, limit: str | None, *, k3s: bool = False) -> tu
 
 
 def _positive(name: str, value: float | str | None) -> float | None:
-    """A duration option as seconds (Invoke passes options without a typed default as text); exit 2 unless > 0."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise Exit(f"error: --{name} must be a number of seconds, not {value!r}", code=USAGE_ERROR) from None
-    if seconds <= 0:
-        raise Exit(f"error: --{name} must be more than 0 seconds", code=USAGE_ERROR)
-    return seconds
+    """A duration option as seconds, None when not given; exit 2 unless a number > 0."""
+    return None if value is None else positive(name, value)
 
 
 def _kube(inv: Inventory, kubeconfig: str | None, wanted: bool = True, wait: float = 0.0) -> tuple[Kube | None, str]:
@@ -353,7 +345,7 @@ def update(c: Context, inventory: str | None = None, limit: str | None = None, d
 
     from picluster.ops.timeline import Timeline, event_line
     from picluster.ops.update import update_stage
-    from picluster.tasks._maintenance import positive, run_stage_task, selected
+    from picluster.tasks._maintenance import run_stage_task, selected
 
     drain_timeout, ready_timeout = positive("drain-timeout", drain_timeout), positive("ready-timeout", ready_timeout)
     options = run_options(limit=limit, dry_run=dry_run, parallel=10)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from invoke import Context, task
 
-from picluster.tasks._common import INVENTORY_HELP
+from picluster.tasks._common import INVENTORY_HELP, positive
 from picluster.tasks._stage import AIRGAP_HELP, APPLY_HELP, apply_stage, run_options
 
 SERVICE_HELP = {
@@ -44,7 +44,7 @@ def start(c: Context, inventory: str | None = None, limit: str | None = None, dr
           ready_timeout: float = 300.0) -> None:
     """Start K3S: servers first, then agents, then wait until the nodes are Ready; then the k3s checks."""
     from picluster.ops.k3s_service import start_stage
-    from picluster.tasks._maintenance import positive, run_stage_task, selected
+    from picluster.tasks._maintenance import run_stage_task, selected
 
     stage = start_stage(positive("ready-timeout", ready_timeout))
     options = run_options(limit=limit, dry_run=dry_run, parallel=10)

@@ -60,7 +60,7 @@ def remove(c: Context, host: str, inventory: str | None = None, power_off: bool 
     from picluster.ops.nodes import forget_stage, remove_stage
     from picluster.ops.up import run_stage_with_gate
     from picluster.stages.k3s.config import primary_server
-    from picluster.tasks._maintenance import positive
+    from picluster.tasks._common import positive
 
     seconds = positive("drain-timeout", drain_timeout)
     inv = load(inventory)
