@@ -41,9 +41,9 @@ def apply(c: Context, inventory: str | None = None, dry_run: bool = False, only:
 @task(help={"inventory": INVENTORY_HELP, "only": RELEASES_HELP})
 def plan(c: Context, inventory: str | None = None, only: str | None = None) -> None:
     """Print install / upgrade / unchanged per release, with the reason; change nothing."""
-    from rich.console import Console
     from rich.table import Table
 
+    from picluster.console import make_console
     from picluster.kube.client import KubeError
     from picluster.stages.apps.engine import plan_releases
     from picluster.stages.apps.helm import HelmError
@@ -65,15 +65,15 @@ def plan(c: Context, inventory: str | None = None, only: str | None = None) -> N
         s = style.get(p.action, "")
         table.add_row(p.release.name, p.release.namespace, p.release.chart.label, f"[{s}]{p.action}[/{s}]",
                       p.reason)
-    Console().print(table)
+    make_console().print(table)
 
 
 @task(help={"inventory": INVENTORY_HELP})
 def status(c: Context, inventory: str | None = None) -> None:
     """Each release: the pinned chart beside what helm reports deployed, and its status."""
-    from rich.console import Console
     from rich.table import Table
 
+    from picluster.console import make_console
     from picluster.stages.apps.engine import Tools
     from picluster.stages.apps.helm import Helm, HelmError
     from picluster.stages.apps.spec import load_releases
@@ -102,6 +102,6 @@ def status(c: Context, inventory: str | None = None) -> None:
         s = "green" if ok else "red"
         table.add_row(r.name, r.namespace, r.chart.label, d.chart if d else "-",
                       f"[{s}]{d.status if d else 'not deployed'}[/{s}]")
-    Console().print(table)
+    make_console().print(table)
     if behind:
         raise Exit(f"{behind} release(s) not deployed at their pinned chart: run `invoke apps.apply`", code=1)

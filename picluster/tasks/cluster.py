@@ -341,15 +341,14 @@ def update(c: Context, inventory: str | None = None, limit: str | None = None, d
     """Upgrade OS packages: the gateway alone, then K3S nodes one at a time (drain, reboot if required, Ready)."""
     from pathlib import Path
 
-    from rich.console import Console
-
+    from picluster.console import make_console
     from picluster.ops.timeline import Timeline, event_line
     from picluster.ops.update import update_stage
     from picluster.tasks._maintenance import run_stage_task, selected
 
     drain_timeout, ready_timeout = positive("drain-timeout", drain_timeout), positive("ready-timeout", ready_timeout)
     options = run_options(limit=limit, dry_run=dry_run, parallel=10)
-    console = Console()
+    console = make_console()
     timeline = Timeline(lambda e: console.print(event_line(e), highlight=False))
     inv, hosts = selected(inventory, options, ("gateway", "server", "agent"))
     stage = update_stage(inv, timeline, kubeconfig=Path(kubeconfig).expanduser() if kubeconfig else None,

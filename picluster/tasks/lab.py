@@ -36,14 +36,13 @@ def _inventory(inventory: str | None, agents: int) -> str:
 
 def _lab(inventory: str | None, agents: int = 0) -> Lab:
     """The lab of the named inventory, with a console for progress; one-line errors, exit code 2."""
-    from rich.console import Console
-
+    from picluster.console import make_console
     from picluster.inventory import InventoryError
     from picluster.lab.common import LabError
     from picluster.lab.lab import Lab
 
     try:
-        return Lab(_inventory(inventory, agents), console=Console(stderr=True))
+        return Lab(_inventory(inventory, agents), console=make_console(stderr=True))
     except (InventoryError, LabError) as err:
         raise Exit(f"error: {err}", code=2) from None
 
@@ -53,15 +52,16 @@ def _fail(err: Exception) -> Exit:
 
 
 def _print_status(lab: Lab) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from picluster.console import make_console
 
     table = Table("node", "state", "address", "uptime", box=None, pad_edge=False)
     for s in lab.status():
         uptime = "-" if s.uptime is None else f"{int(s.uptime) // 60}m{int(s.uptime) % 60:02d}s"
         state = "[green]running[/]" if s.state == "running" else "[red]stopped[/]"
         table.add_row(s.name, state, s.address, uptime)
-    Console().print(table)
+    make_console().print(table)
 
 
 @task(help={"inventory": LAB_INVENTORY_HELP, "agents": AGENTS_HELP})

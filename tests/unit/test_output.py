@@ -253,3 +253,18 @@ def test_versions_on_a_terminal_of_any_width_keep_each_version_on_one_line(width
         assert max(len(line) for line in text.splitlines()) <= width
     for row in load_versions().release:
         assert row.version in text, (width, row.version)
+
+
+def test_the_image_progress_is_one_line_per_task_off_a_terminal() -> None:
+    import subprocess
+    import sys
+
+    script = ("from picluster.stages.image.progress import RichProgress\n"
+              "p = RichProgress()\np.start('download', 4096)\np.advance(4096)\np.start('write', 2048)\n"
+              "p.advance(1024)\np.advance(1024)\np.finish()\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == "download: started (4096 bytes)" and lines[2] == "write: started (2048 bytes)"
+    assert lines[1].startswith("download: done (4096 bytes in ") and lines[3].startswith("write: done (2048 bytes")
+    assert len(lines) == 4 and "\r" not in proc.stderr and "\x1b" not in proc.stderr
