@@ -119,7 +119,10 @@ def test_a_node_dropping_off_mid_upload_keeps_its_old_file_and_the_other_finishe
     assert rows["node2"].status == "changed", rows["node2"]
     assert rows["node3"].status == "unreachable", rows["node3"]
     assert rows["node3"].message.startswith("node3 stopped answering during step 'upload'")
-    assert took < 15 + 30, took     # the silence is noticed within the host timeout (plus the upload itself)
+    # the silence is noticed within the host timeout of the cut (node3's own row); the run as a whole also waits
+    # for node2's upload, which on a loaded machine takes its own time
+    assert rows["node3"].duration < 15 + 30, rows["node3"].duration
+    assert took < 300, took
     digest = on_node(lab, "node2", f"sha256sum < {target}").stdout.split()[0]
     from picluster.state._fs import sha256_of
 
